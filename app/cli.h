@@ -1,0 +1,36 @@
+/* cli: subcommands of the attnscope binary. Each cmd_* parses its own flags (getopt_long),
+ * prints to the user and returns the process exit code: 0 ok, 1 runtime error, 2 usage error. */
+#ifndef CLI_H
+#define CLI_H
+
+#include <stdio.h>
+
+typedef struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *summary;
+} cli_command;
+
+/* The command table (app/main.c); NULL-terminated. */
+extern const cli_command cli_commands[];
+
+/* Helpers shared by the commands (app/cli_util.c). */
+void cli_error(const char *cmd, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* Parse a strictly positive/ranged int; prints a usage error naming flag and value on failure. */
+int cli_parse_int(const char *cmd, const char *flag, const char *s, long lo, long hi, int *out);
+int cli_parse_float(const char *cmd, const char *flag, const char *s, double lo, double hi, float *out);
+/* Read a whole file (NUL-terminated); NULL and a message on failure. Caps at max_bytes. */
+char *cli_read_file(const char *cmd, const char *path, size_t max_bytes, size_t *len);
+/* Write text atomically: tmp file in the same directory, fsync, rename. 0 ok, -1 (printed). */
+int cli_write_atomic(const char *cmd, const char *path, const char *data, size_t len);
+/* The full command line, for provenance (PNG tEXt, JSON reports). Set by main. */
+extern char cli_cmdline[4096];
+
+int cmd_info(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+
+#endif

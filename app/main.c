@@ -1,0 +1,48 @@
+/* attnscope entry point: dispatches to the subcommands in cli_commands. With no arguments it
+ * opens the explorer on the shipped sample (or prints help where the explorer is unavailable). */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+const cli_command cli_commands[] = {
+    {"info", cmd_info, "describe a model directory: architecture, sizes, memory for --len N"},
+    {"run", cmd_run, "prefill a prompt (dense or --patterns CFG.json), report and --json"},
+    {NULL, NULL, NULL},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "attnscope - see, measure and speed up sparse attention\n\n"
+               "usage: attnscope COMMAND [options]   (attnscope COMMAND --help for its options)\n\n"
+               "commands:\n");
+    for (const cli_command *c = cli_commands; c->name; c++) fprintf(f, "  %-9s %s\n", c->name, c->summary);
+}
+
+int main(int argc, char **argv) {
+    size_t off = 0;
+    for (int i = 0; i < argc && off + 2 < sizeof cli_cmdline; i++) {
+        int w = snprintf(cli_cmdline + off, sizeof cli_cmdline - off, "%s%s", i ? " " : "", argv[i]);
+        if (w < 0) break;
+        off += (size_t)w;
+        if (off >= sizeof cli_cmdline) { off = sizeof cli_cmdline - 1; break; }
+    }
+    if (argc < 2) {
+        for (const cli_command *c = cli_commands; c->name; c++)
+            if (!strcmp(c->name, "tui")) return c->fn(argc - 1, argv + 1);
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("attnscope 0.1\n");
+        return 0;
+    }
+    for (const cli_command *c = cli_commands; c->name; c++)
+        if (!strcmp(c->name, argv[1])) return c->fn(argc - 1, argv + 1);
+    fprintf(stderr, "attnscope: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
