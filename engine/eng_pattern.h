@@ -31,4 +31,13 @@ typedef struct {
 
 const char *eng_pattern_kind_name(eng_pat_kind k); /* "dense", "ashape", "vs", "bs" */
 
+/* The pattern of (layer, head): cfg->heads[layer * n_heads + head], or cfg->def. */
+const eng_pattern *eng_pattern_cfg_get(const eng_pattern_cfg *cfg, int layer, int head);
+
+/* Build one head's index from its Q and K (after RoPE). q row t is q[t * q_stride .. + d),
+ * k row t is k[t * k_stride .. + d); n tokens. Static patterns ignore q/k. ix is allocated here
+ * (free with eng_index_free). */
+int eng_pattern_build(const eng_pattern *p, const float *q, int q_stride, const float *k,
+                      int k_stride, int n, int d, eng_head_index *ix, eng_err *err);
+
 #endif
