@@ -43,7 +43,7 @@ endif
 TEST_SRC  := $(wildcard tests/test_*.c)
 TEST_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 GPU_SRC   := $(wildcard tests/gpu_*.c)
-GPU_BIN   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(GPU_SRC))
+GPU_BIN   := $(if $(HAVE_CUDA),$(patsubst tests/%.c,$(BUILD)/tests/%,$(GPU_SRC)),)
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 
 .PHONY: all deps test test-gpu asan run bench fuzz clean backends format

@@ -8,6 +8,9 @@
 const cli_command cli_commands[] = {
     {"info", cmd_info, "describe a model directory: architecture, sizes, memory for --len N"},
     {"run", cmd_run, "prefill a prompt (dense or --patterns CFG.json), report and --json"},
+    {"tui", cmd_tui, "the interactive explorer (default: the shipped sample model and prompt)"},
+    {"tokenize", cmd_tokenize, "print the token ids and texts of a prompt (tokenizer.json, GGUF, bytes)"},
+    {"bench", cmd_bench, "time the GPU attention kernels: dense vs sparse patterns (incl. index build)"},
     {NULL, NULL, NULL},
 };
 

@@ -67,6 +67,7 @@ typedef struct eng_model {
     eng_layer_weights *layers;   /* [n_layers] */
     int64_t n_params;
     void *impl;                  /* loader-private: mappings, buffers for converted data */
+    void (*impl_free)(void *impl); /* frees impl; NULL = the safetensors loader's (GGUF sets its own) */
 } eng_model;
 
 /* Parse and validate config.json text (NUL-terminated, len bytes). `what` names the source in

@@ -131,7 +131,7 @@ int eng_st_parse(eng_st_header *h, const void *buf, size_t len, const char *what
                     (long)(cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - txt : -1));
         goto out;
     }
-    for (const char *p = end; p && *p; p++)
+    for (const char *p = end; p && p < txt + hl; p++)
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
             eng_err_set(err, "%s: trailing bytes after the JSON header (at byte %ld)", what, (long)(p - txt));
             goto out;

@@ -1,0 +1,195 @@
+/* cmd_bench: `attnscope bench` times the CUDA attention kernels on random bf16 inputs made on the
+ * GPU: the dense causal kernel vs each sparse pattern (index building included) at MInference's
+ * default budgets, one table per run (and --json). Needs the CUDA backend. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "cli.h"
+#include "eng_pattern.h"
+#ifdef ATTNSCOPE_CUDA
+#include "krn_bench.h"
+#endif
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: attnscope bench [--n N,N,...] [--heads H] [--kv-heads K] [--dim D] [--reps R]\n"
+               "                       [--patterns LIST] [--vs V,S] [--bs K] [--ashape I,L] [--variant 0|1]\n"
+               "                       [--json OUT]\n\n"
+               "Kernel-level attention benchmark on the GPU (random bf16 Q/K/V, causal): the dense kernel\n"
+               "vs each sparse pattern through the index-driven kernel, index building included; medians\n"
+               "of R runs after warm-up; TFLOP/s counted on the entries each kernel computes (4*d per entry).\n\n"
+               "  --n LIST        token counts (default 8192,16384,32768,65536,131072)\n"
+               "  --heads H       query heads (default 32)      --kv-heads K  KV heads (default 8)\n"
+               "  --dim D         head dim, 64 or 128 (default 128)\n"
+               "  --reps R        timed runs per measurement (default 5)\n"
+               "  --patterns L    comma list of vs, bs, ashape, dense (default vs,bs,ashape,dense;\n"
+               "                  'dense' here is the dense index through the sparse kernel)\n"
+               "  --vs V,S        vertical-slash budgets (default 1000,6096)\n"
+               "  --bs K          block-sparse blocks per row block (default 100)\n"
+               "  --ashape I,L    A-shape sinks and window (default 1024,4096)\n"
+               "  --variant V     dense kernel variant (0: 128-query tiles, 1: 64-query tiles)\n"
+               "  --json OUT      also write every row as JSON to OUT\n");
+}
+
+#ifdef ATTNSCOPE_CUDA
+static int parse_pair(const char *s, int *a, int *b) {
+    char *end;
+    long x = strtol(s, &end, 10);
+    if (end == s || *end != ',') return -1;
+    const char *t = end + 1;
+    long y = strtol(t, &end, 10);
+    if (end == t || *end || x < 0 || y < 0 || x > (1L << 30) || y > (1L << 30)) return -1;
+    *a = (int)x, *b = (int)y;
+    return 0;
+}
+#endif
+
+int cmd_bench(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"n", required_argument, 0, 'n'},        {"heads", required_argument, 0, 'H'},
+        {"kv-heads", required_argument, 0, 'K'}, {"dim", required_argument, 0, 'd'},
+        {"reps", required_argument, 0, 'r'},     {"patterns", required_argument, 0, 'p'},
+        {"vs", required_argument, 0, 'v'},       {"bs", required_argument, 0, 'b'},
+        {"ashape", required_argument, 0, 'a'},   {"variant", required_argument, 0, 'V'},
+        {"json", required_argument, 0, 'j'},     {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    const char *ns = "8192,16384,32768,65536,131072", *pats = "vs,bs,ashape,dense", *json = NULL;
+    const char *vs = "1000,6096", *ash = "1024,4096";
+    int H = 32, Hkv = 8, d = 128, reps = 5, bs = 100, variant = 0;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'n': ns = optarg; break;
+        case 'H': if (cli_parse_int("bench", "--heads", optarg, 1, 1024, &H)) return 2; break;
+        case 'K': if (cli_parse_int("bench", "--kv-heads", optarg, 1, 1024, &Hkv)) return 2; break;
+        case 'd': if (cli_parse_int("bench", "--dim", optarg, 64, 128, &d)) return 2; break;
+        case 'r': if (cli_parse_int("bench", "--reps", optarg, 1, 1000, &reps)) return 2; break;
+        case 'p': pats = optarg; break;
+        case 'v': vs = optarg; break;
+        case 'b': if (cli_parse_int("bench", "--bs", optarg, 1, 1 << 20, &bs)) return 2; break;
+        case 'a': ash = optarg; break;
+        case 'V': if (cli_parse_int("bench", "--variant", optarg, 0, 1, &variant)) return 2; break;
+        case 'j': json = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        cli_error("bench", "unexpected argument '%s'", argv[optind]);
+        return 2;
+    }
+    if (d != 64 && d != 128) {
+        cli_error("bench", "--dim %d: the kernels support 64 and 128", d);
+        return 2;
+    }
+    if (H % Hkv) {
+        cli_error("bench", "--heads %d is not a multiple of --kv-heads %d", H, Hkv);
+        return 2;
+    }
+#ifndef ATTNSCOPE_CUDA
+    (void)ns, (void)pats, (void)json, (void)vs, (void)ash, (void)reps, (void)bs, (void)variant;
+    cli_error("bench", "this build has no CUDA backend (nvcc was not found at build time)");
+    return 1;
+#else
+    krn_bench_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.H = H, cfg.Hkv = Hkv, cfg.d = d, cfg.reps = reps, cfg.dense_variant = variant;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", pats);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (cfg.n_pats == KRN_BENCH_MAX_PATS) {
+            cli_error("bench", "--patterns: at most %d", KRN_BENCH_MAX_PATS);
+            return 2;
+        }
+        eng_pattern *p = &cfg.pats[cfg.n_pats++];
+        memset(p, 0, sizeof *p);
+        if (!strcmp(t, "vs")) {
+            p->kind = ENG_PAT_VS;
+            if (parse_pair(vs, &p->vertical, &p->slash)) {
+                cli_error("bench", "--vs '%s': want V,S", vs);
+                return 2;
+            }
+        } else if (!strcmp(t, "bs")) {
+            p->kind = ENG_PAT_BS, p->topk = bs;
+        } else if (!strcmp(t, "ashape")) {
+            p->kind = ENG_PAT_ASHAPE;
+            if (parse_pair(ash, &p->n_init, &p->n_local) || p->n_local < 1) {
+                cli_error("bench", "--ashape '%s': want I,L with L >= 1", ash);
+                return 2;
+            }
+        } else if (!strcmp(t, "dense")) {
+            p->kind = ENG_PAT_DENSE;
+        } else {
+            cli_error("bench", "--patterns: unknown pattern '%s' (vs, bs, ashape, dense)", t);
+            return 2;
+        }
+    }
+    eng_err err = {{0}};
+    char dev[256];
+    if (krn_bench_device(dev, sizeof dev, &err)) {
+        cli_error("bench", "%s", err.msg);
+        return 1;
+    }
+    printf("attnscope bench: %s, H=%d Hkv=%d d=%d, bf16, causal, median of %d\n", dev, H, Hkv, d, reps);
+    printf("%8s  %-34s %9s %9s %9s %8s %8s %9s %9s\n", "N", "kernel", "index ms", "attn ms", "total ms", "density",
+           "vs dense", "TFLOP/s", "TF/s tot");
+    cJSON *root = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(root, "rows");
+    cJSON_AddStringToObject(root, "device", dev);
+    cJSON_AddStringToObject(root, "command", cli_cmdline);
+    int rc = 0;
+    snprintf(buf, sizeof buf, "%s", ns);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (cli_parse_int("bench", "--n", t, 1, 1 << 22, &cfg.n)) {
+            rc = 2;
+            break;
+        }
+        double need, fr;
+        if (krn_bench_memory(&cfg, &need, &fr, &err)) {
+            cli_error("bench", "%s", err.msg);
+            rc = 1;
+            break;
+        }
+        if (need > fr) {
+            cli_error("bench", "N=%d needs about %.1f GiB of GPU memory, %.1f GiB free: skipped", cfg.n,
+                      need / (1 << 30), fr / (1 << 30));
+            rc = 1;
+            continue;
+        }
+        krn_bench_row rows[1 + KRN_BENCH_MAX_PATS];
+        if (krn_bench_attention(&cfg, rows, &err)) {
+            cli_error("bench", "N=%d: %s", cfg.n, err.msg);
+            rc = 1;
+            break;
+        }
+        for (int i = 0; i <= cfg.n_pats; i++) {
+            const krn_bench_row *r = &rows[i];
+            printf("%8d  %-34s %9.3f %9.3f %9.3f %8.4f %7.2fx %9.1f %9.1f\n", cfg.n, r->name, r->index_ms, r->attn_ms,
+                   r->total_ms, r->density, rows[0].total_ms / r->total_ms, r->tflops, r->tflops_total);
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddNumberToObject(o, "n", cfg.n);
+            cJSON_AddStringToObject(o, "kernel", r->name);
+            cJSON_AddNumberToObject(o, "index_ms", r->index_ms);
+            cJSON_AddNumberToObject(o, "attn_ms", r->attn_ms);
+            cJSON_AddNumberToObject(o, "total_ms", r->total_ms);
+            cJSON_AddNumberToObject(o, "pairs", (double)r->pairs);
+            cJSON_AddNumberToObject(o, "density", r->density);
+            cJSON_AddNumberToObject(o, "speedup_vs_dense", rows[0].total_ms / r->total_ms);
+            cJSON_AddNumberToObject(o, "tflops", r->tflops);
+            cJSON_AddNumberToObject(o, "tflops_total", r->tflops_total);
+            cJSON_AddItemToArray(arr, o);
+        }
+        fflush(stdout);
+    }
+    if (json) {
+        char *txt = cJSON_Print(root);
+        if (!txt || cli_write_atomic("bench", json, txt, strlen(txt))) rc = 1;
+        free(txt);
+    }
+    cJSON_Delete(root);
+    return rc;
+#endif
+}

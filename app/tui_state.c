@@ -1,0 +1,412 @@
+/* tui_state: the explorer's state machine (see tui_state.h); pure: curses only for key codes. */
+#include "tui_state.h"
+
+#include <curses.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+const char *tui_metric_name(tui_metric m) {
+    switch (m) {
+    case TUI_METRIC_DENSITY: return "density";
+    case TUI_METRIC_RECALL: return "recall";
+    case TUI_METRIC_ERROR: return "error";
+    default: return "?";
+    }
+}
+
+const char *tui_teach_step_name(int step) {
+    static const char *names[TUI_TEACH_STEPS] = {
+        "1/5 estimate: softmax of the last 64 queries",
+        "2/5 vertical scores: column sums of the estimate",
+        "3/5 slash scores: diagonal sums of the estimate",
+        "4/5 top-k: the chosen vertical and slash lines",
+        "5/5 index: merged key blocks and gathered columns",
+    };
+    return step >= 0 && step < TUI_TEACH_STEPS ? names[step] : "?";
+}
+
+const char *tui_field_name(tui_field f) {
+    switch (f) {
+    case TUI_FIELD_KIND: return "pattern";
+    case TUI_FIELD_N_INIT: return "n_init";
+    case TUI_FIELD_N_LOCAL: return "n_local";
+    case TUI_FIELD_VERTICAL: return "vertical";
+    case TUI_FIELD_SLASH: return "slash";
+    case TUI_FIELD_TOPK: return "top-k";
+    default: return "?";
+    }
+}
+
+int tui_pattern_fields(eng_pat_kind k, tui_field *out) {
+    int n = 0;
+    out[n++] = TUI_FIELD_KIND;
+    switch (k) {
+    case ENG_PAT_ASHAPE: out[n++] = TUI_FIELD_N_INIT; out[n++] = TUI_FIELD_N_LOCAL; break;
+    case ENG_PAT_VS: out[n++] = TUI_FIELD_VERTICAL; out[n++] = TUI_FIELD_SLASH; break;
+    case ENG_PAT_BS: out[n++] = TUI_FIELD_TOPK; break;
+    default: break;
+    }
+    return n;
+}
+
+int tui_field_value(const eng_pattern *p, tui_field f) {
+    switch (f) {
+    case TUI_FIELD_KIND: return (int)p->kind;
+    case TUI_FIELD_N_INIT: return p->n_init;
+    case TUI_FIELD_N_LOCAL: return p->n_local;
+    case TUI_FIELD_VERTICAL: return p->vertical;
+    case TUI_FIELD_SLASH: return p->slash;
+    case TUI_FIELD_TOPK: return p->topk;
+    default: return 0;
+    }
+}
+
+/* Limits of each parameter for an n-token prompt (the pattern code clamps VS budgets to >= 30
+ * vertical / >= 50 slash lines, so smaller values would not change anything). */
+static void field_limits(tui_field f, int n, int *lo, int *hi) {
+    int n_rb = (n + 63) / 64;
+    switch (f) {
+    case TUI_FIELD_N_INIT: *lo = 0; *hi = n; break;
+    case TUI_FIELD_N_LOCAL: *lo = 1; *hi = n; break;
+    case TUI_FIELD_VERTICAL: *lo = 30; *hi = n > 30 ? n : 30; break;
+    case TUI_FIELD_SLASH: *lo = 50; *hi = n > 50 ? n : 50; break;
+    case TUI_FIELD_TOPK: *lo = 1; *hi = n_rb > 1 ? n_rb : 1; break;
+    default: *lo = 0; *hi = 0; break;
+    }
+}
+
+void tui_pattern_cycle(eng_pattern *p, int n) {
+    p->kind = (eng_pat_kind)(((int)p->kind + 1) % (int)ENG_PAT__COUNT);
+    /* Defaults of roughly a quarter of the causal entries at n tokens, so a cycle shows a real
+     * sparse pattern rather than one that keeps everything. */
+    int q = n / 8 > 16 ? n / 8 : 16;
+    if (p->kind == ENG_PAT_ASHAPE) {
+        if (p->n_init <= 0) p->n_init = 64 < n ? 64 : n;
+        if (p->n_local <= 0) p->n_local = q;
+    } else if (p->kind == ENG_PAT_VS) {
+        if (p->vertical <= 0) p->vertical = q > 30 ? q : 30;
+        if (p->slash <= 0) p->slash = q > 100 ? q : 100;
+    } else if (p->kind == ENG_PAT_BS) {
+        int n_rb = (n + 63) / 64;
+        if (p->topk <= 0) p->topk = n_rb / 4 > 1 ? n_rb / 4 : 1;
+    }
+}
+
+void tui_pattern_step(eng_pattern *p, tui_field f, int dir, int n) {
+    if (f == TUI_FIELD_KIND) {
+        if (dir > 0) {
+            tui_pattern_cycle(p, n);
+        } else { /* cycling backwards = forwards COUNT-1 times */
+            for (int i = 0; i < (int)ENG_PAT__COUNT - 1; i++) tui_pattern_cycle(p, n);
+        }
+        return;
+    }
+    int *v = f == TUI_FIELD_N_INIT ? &p->n_init : f == TUI_FIELD_N_LOCAL ? &p->n_local
+           : f == TUI_FIELD_VERTICAL ? &p->vertical : f == TUI_FIELD_SLASH ? &p->slash
+           : f == TUI_FIELD_TOPK ? &p->topk : NULL;
+    if (!v) return;
+    int lo, hi;
+    field_limits(f, n, &lo, &hi);
+    /* about 25% per step up and 20% down (so up then down returns close to the start) */
+    int step = dir > 0 ? *v / 4 : *v / 5;
+    if (step < 1) step = 1;
+    *v = clampi(*v + (dir > 0 ? step : -step), lo, hi);
+}
+
+/* ---- viewport ---- */
+
+static int fit_tpp(int n, int px_w, int px_h) {
+    int m = px_w < px_h ? px_w : px_h;
+    if (m < 1) m = 1;
+    int t = (n + m - 1) / m;
+    return t < 1 ? 1 : t;
+}
+
+/* Keep origin in range and the cursor inside the view. */
+static void view_clamp(tui_state *s) {
+    int n = s->n_tokens;
+    s->tpp = clampi(s->tpp, 1, s->fit_tpp);
+    s->cur_q = clampi(s->cur_q, 0, n - 1);
+    s->cur_k = clampi(s->cur_k, 0, n - 1);
+    int span_q = s->px_h * s->tpp, span_k = s->px_w * s->tpp;
+    if (s->cur_q < s->q0) s->q0 = s->cur_q;
+    if (s->cur_q >= s->q0 + span_q) s->q0 = s->cur_q - span_q + 1;
+    if (s->cur_k < s->k0) s->k0 = s->cur_k;
+    if (s->cur_k >= s->k0 + span_k) s->k0 = s->cur_k - span_k + 1;
+    s->q0 = clampi(s->q0, 0, n - span_q > 0 ? n - span_q : 0);
+    s->k0 = clampi(s->k0, 0, n - span_k > 0 ? n - span_k : 0);
+}
+
+/* Zoom to tpp keeping the cursor at the same place on screen. */
+static void zoom_to(tui_state *s, int tpp) {
+    tpp = clampi(tpp, 1, s->fit_tpp);
+    if (tpp == s->tpp) return;
+    int rq = (s->cur_q - s->q0) / s->tpp, rk = (s->cur_k - s->k0) / s->tpp;
+    s->tpp = tpp;
+    s->q0 = s->cur_q - rq * tpp;
+    s->k0 = s->cur_k - rk * tpp;
+    view_clamp(s);
+}
+
+void tui_state_init(tui_state *s, int n_layers, int n_heads, int n_kv_heads, int n_tokens) {
+    memset(s, 0, sizeof *s);
+    s->n_layers = n_layers;
+    s->n_heads = n_heads;
+    s->n_kv_heads = n_kv_heads;
+    s->n_tokens = n_tokens > 0 ? n_tokens : 1;
+    s->focus = TUI_FOCUS_HEADS;
+    s->overlay = 1;
+    s->px_w = s->px_h = 1;
+    s->tpp = s->fit_tpp = s->n_tokens;
+    /* start on the last query looking at the first key: the attention sink row most heads show */
+    s->cur_q = s->n_tokens - 1;
+    s->cur_k = 0;
+    view_clamp(s);
+}
+
+void tui_state_set_map_size(tui_state *s, int px_w, int px_h, tui_cmd *cmd) {
+    px_w = px_w < 1 ? 1 : px_w;
+    px_h = px_h < 1 ? 1 : px_h;
+    if (px_w == s->px_w && px_h == s->px_h) return;
+    int was_fit = s->tpp == s->fit_tpp;
+    s->px_w = px_w;
+    s->px_h = px_h;
+    s->fit_tpp = fit_tpp(s->n_tokens, px_w, px_h);
+    if (was_fit || s->tpp > s->fit_tpp) s->tpp = s->fit_tpp;
+    if (s->tpp == s->fit_tpp) s->q0 = s->k0 = 0;
+    view_clamp(s);
+    if (cmd) cmd->view_changed = 1;
+}
+
+unsigned tui_state_context(const tui_state *s) {
+    if (s->help) return TUI_CTX_HELP;
+    switch (s->focus) {
+    case TUI_FOCUS_HEADS: return TUI_CTX_HEADS;
+    case TUI_FOCUS_MAP: return s->teach ? TUI_CTX_TEACH : TUI_CTX_MAP;
+    case TUI_FOCUS_PATTERN: return TUI_CTX_PATTERN;
+    default: return TUI_CTX_HEADS;
+    }
+}
+
+eng_view tui_state_view(const tui_state *s) {
+    eng_view v;
+    memset(&v, 0, sizeof v);
+    v.layer = s->layer;
+    v.head = s->head;
+    v.q0 = s->q0;
+    v.k0 = s->k0;
+    v.tpp = s->tpp;
+    v.rows = s->px_h;
+    v.cols = s->px_w;
+    v.cur_q = s->cur_q;
+    v.cur_k = s->cur_k;
+    v.teach = s->teach;
+    return v;
+}
+
+const eng_pattern *tui_state_pattern(const tui_state *s, const eng_pattern *cur) {
+    if (s->edit_valid && s->edit_layer == s->layer && s->edit_head == s->head) return &s->edit;
+    return cur;
+}
+
+static void select_head(tui_state *s, int layer, int head, tui_cmd *cmd) {
+    layer = clampi(layer, 0, s->n_layers - 1);
+    head = clampi(head, 0, s->n_heads - 1);
+    if (layer == s->layer && head == s->head) return;
+    s->layer = layer;
+    s->head = head;
+    s->edit_valid = 0;
+    s->teach_step = 0;
+    cmd->view_changed = 1;
+}
+
+/* Apply an edit to the selected head's pattern and send it to the worker. */
+static void edit_pattern(tui_state *s, const eng_pattern *cur, int cycle, int dir, tui_cmd *cmd) {
+    const eng_pattern *base = tui_state_pattern(s, cur);
+    if (!base) {
+        snprintf(s->msg, sizeof s->msg, "wait for the prefill to finish before editing patterns");
+        return;
+    }
+    eng_pattern p = *base;
+    tui_field fields[TUI_FIELD__COUNT];
+    if (cycle) {
+        tui_pattern_cycle(&p, s->n_tokens);
+    } else {
+        int nf = tui_pattern_fields(p.kind, fields);
+        s->field = clampi(s->field, 0, nf - 1);
+        tui_pattern_step(&p, fields[s->field], dir, s->n_tokens);
+    }
+    int nf = tui_pattern_fields(p.kind, fields);
+    s->field = clampi(s->field, 0, nf - 1);
+    if (!memcmp(&p, base, sizeof p)) return; /* at a limit: nothing to re-run */
+    s->edit = p;
+    s->edit_valid = 1;
+    s->edit_layer = s->layer;
+    s->edit_head = s->head;
+    cmd->set_pattern = 1;
+    cmd->layer = s->layer;
+    cmd->head = s->head;
+    cmd->pat = p;
+    cmd->view_changed = 1;
+}
+
+static void move_cursor(tui_state *s, int dq, int dk, tui_cmd *cmd) {
+    s->cur_q += dq * s->tpp;
+    s->cur_k += dk * s->tpp;
+    view_clamp(s);
+    cmd->view_changed = 1;
+}
+
+static void pan(tui_state *s, int dq, int dk, tui_cmd *cmd) {
+    int sq = (s->px_h / 2 > 1 ? s->px_h / 2 : 1) * s->tpp, sk = (s->px_w / 2 > 1 ? s->px_w / 2 : 1) * s->tpp;
+    s->q0 += dq * sq;
+    s->cur_q += dq * sq;
+    s->k0 += dk * sk;
+    s->cur_k += dk * sk;
+    view_clamp(s);
+    cmd->view_changed = 1;
+}
+
+/* "Q" or "Q,K": move the cursor there and centre the view on it. */
+static void jump_commit(tui_state *s, tui_cmd *cmd) {
+    char *end;
+    long q = strtol(s->jump_buf, &end, 10), k = -1;
+    int ok = end != s->jump_buf;
+    if (ok && *end == ',') {
+        char *p = end + 1;
+        k = strtol(p, &end, 10);
+        ok = end != p;
+    }
+    ok = ok && *end == 0 && q >= 0 && q < s->n_tokens && k < s->n_tokens;
+    if (!ok) {
+        snprintf(s->msg, sizeof s->msg, "jump: '%s' is not a token position in [0, %d) (Q or Q,K)", s->jump_buf,
+                 s->n_tokens);
+    } else {
+        s->cur_q = (int)q;
+        s->cur_k = k >= 0 ? (int)k : (s->cur_k > q ? (int)q : s->cur_k);
+        s->q0 = s->cur_q - s->px_h * s->tpp / 2;
+        s->k0 = s->cur_k - s->px_w * s->tpp / 2;
+        view_clamp(s);
+        s->focus = TUI_FOCUS_MAP;
+        snprintf(s->msg, sizeof s->msg, "cursor at query %d, key %d", s->cur_q, s->cur_k);
+        cmd->view_changed = 1;
+    }
+    s->jump_active = 0;
+    s->jump_buf[0] = 0;
+}
+
+static void jump_key(tui_state *s, int key, tui_cmd *cmd) {
+    size_t len = strlen(s->jump_buf);
+    if (key == '\n' || key == '\r' || key == KEY_ENTER) {
+        jump_commit(s, cmd);
+    } else if (key == 27) {
+        s->jump_active = 0;
+        s->jump_buf[0] = 0;
+    } else if (key == 127 || key == 8 || key == KEY_BACKSPACE) {
+        if (len) s->jump_buf[len - 1] = 0;
+    } else if (((key >= '0' && key <= '9') || key == ',') && len + 1 < sizeof s->jump_buf) {
+        s->jump_buf[len] = (char)key;
+        s->jump_buf[len + 1] = 0;
+    }
+}
+
+void tui_state_action(tui_state *s, tui_action a, const eng_pattern *cur, tui_cmd *cmd) {
+    tui_field fields[TUI_FIELD__COUNT];
+    const eng_pattern *p = tui_state_pattern(s, cur);
+    int nf = p ? tui_pattern_fields(p->kind, fields) : 1;
+    switch (a) {
+    case TUI_ACT_QUIT: s->quit = 1; break;
+    case TUI_ACT_HELP: s->help = !s->help; break;
+    case TUI_ACT_ESCAPE:
+        if (s->help) s->help = 0;
+        else if (s->teach) { s->teach = 0; cmd->view_changed = 1; }
+        break;
+    case TUI_ACT_FOCUS_NEXT: s->focus = (tui_focus)((s->focus + 1) % TUI_FOCUS__COUNT); break;
+    case TUI_ACT_FOCUS_PREV: s->focus = (tui_focus)((s->focus + TUI_FOCUS__COUNT - 1) % TUI_FOCUS__COUNT); break;
+    case TUI_ACT_SEL_UP: select_head(s, s->layer - 1, s->head, cmd); break;
+    case TUI_ACT_SEL_DOWN: select_head(s, s->layer + 1, s->head, cmd); break;
+    case TUI_ACT_SEL_LEFT: select_head(s, s->layer, s->head - 1, cmd); break;
+    case TUI_ACT_SEL_RIGHT: select_head(s, s->layer, s->head + 1, cmd); break;
+    case TUI_ACT_CUR_UP: move_cursor(s, -1, 0, cmd); break;
+    case TUI_ACT_CUR_DOWN: move_cursor(s, 1, 0, cmd); break;
+    case TUI_ACT_CUR_LEFT: move_cursor(s, 0, -1, cmd); break;
+    case TUI_ACT_CUR_RIGHT: move_cursor(s, 0, 1, cmd); break;
+    case TUI_ACT_PAGE_UP: pan(s, -1, 0, cmd); break;
+    case TUI_ACT_PAGE_DOWN: pan(s, 1, 0, cmd); break;
+    case TUI_ACT_PAGE_LEFT: pan(s, 0, -1, cmd); break;
+    case TUI_ACT_PAGE_RIGHT: pan(s, 0, 1, cmd); break;
+    case TUI_ACT_ZOOM_IN: zoom_to(s, s->tpp / 2); cmd->view_changed = 1; break;
+    case TUI_ACT_ZOOM_OUT: zoom_to(s, s->tpp * 2); cmd->view_changed = 1; break;
+    case TUI_ACT_ZOOM_FIT: zoom_to(s, s->fit_tpp); cmd->view_changed = 1; break;
+    case TUI_ACT_FIELD_UP: s->field = clampi(s->field - 1, 0, nf - 1); break;
+    case TUI_ACT_FIELD_DOWN: s->field = clampi(s->field + 1, 0, nf - 1); break;
+    case TUI_ACT_VAL_INC: edit_pattern(s, cur, 0, 1, cmd); break;
+    case TUI_ACT_VAL_DEC: edit_pattern(s, cur, 0, -1, cmd); break;
+    case TUI_ACT_CYCLE_PATTERN: edit_pattern(s, cur, 1, 1, cmd); break;
+    case TUI_ACT_STEP_PREV: s->teach_step = clampi(s->teach_step - 1, 0, TUI_TEACH_STEPS - 1); break;
+    case TUI_ACT_STEP_NEXT: s->teach_step = clampi(s->teach_step + 1, 0, TUI_TEACH_STEPS - 1); break;
+    case TUI_ACT_E2E:
+        if (!cur) snprintf(s->msg, sizeof s->msg, "wait for the prefill to finish");
+        else cmd->run_e2e = 1;
+        break;
+    case TUI_ACT_EXPORT: cmd->export_png = 1; break;
+    case TUI_ACT_SAVE: cmd->save = 1; break;
+    case TUI_ACT_JUMP: s->jump_active = 1; s->jump_buf[0] = 0; break;
+    case TUI_ACT_TEACH:
+        s->teach = !s->teach;
+        s->teach_step = 0;
+        if (s->teach) s->focus = TUI_FOCUS_MAP;
+        cmd->view_changed = 1;
+        break;
+    case TUI_ACT_OVERLAY: s->overlay = !s->overlay; break;
+    case TUI_ACT_METRIC: s->metric = (tui_metric)((s->metric + 1) % TUI_METRIC__COUNT); break;
+    default: break;
+    }
+}
+
+void tui_state_key(tui_state *s, int key, const eng_pattern *cur, tui_cmd *cmd) {
+    memset(cmd, 0, sizeof *cmd);
+    s->msg[0] = 0;
+    if (s->jump_active) {
+        jump_key(s, key, cmd);
+        return;
+    }
+    if (s->help) { /* any key closes the help; q still quits */
+        tui_action a = tui_keys_lookup(key, TUI_CTX_ANY);
+        s->help = 0;
+        if (a == TUI_ACT_QUIT) s->quit = 1;
+        return;
+    }
+    tui_state_action(s, tui_keys_lookup(key, tui_state_context(s)), cur, cmd);
+}
+
+void tui_state_click(tui_state *s, const tui_hit *hit, const eng_pattern *cur, tui_cmd *cmd) {
+    memset(cmd, 0, sizeof *cmd);
+    s->help = 0;
+    switch (hit->kind) {
+    case TUI_HIT_HEAD:
+        s->focus = TUI_FOCUS_HEADS;
+        select_head(s, hit->layer, hit->head, cmd);
+        break;
+    case TUI_HIT_MAP:
+        s->focus = TUI_FOCUS_MAP;
+        if (s->teach) break;
+        s->cur_q = s->q0 + hit->py * s->tpp;
+        s->cur_k = s->k0 + hit->px * s->tpp;
+        view_clamp(s);
+        cmd->view_changed = 1;
+        break;
+    case TUI_HIT_PATTERN: {
+        s->focus = TUI_FOCUS_PATTERN;
+        const eng_pattern *p = tui_state_pattern(s, cur);
+        tui_field fields[TUI_FIELD__COUNT];
+        int nf = p ? tui_pattern_fields(p->kind, fields) : 1;
+        if (hit->row >= 1 && hit->row <= nf) s->field = hit->row - 1; /* row 0 is the title */
+        break;
+    }
+    default: break;
+    }
+}

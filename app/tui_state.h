@@ -1,0 +1,93 @@
+/* tui_state: the explorer's state machine. Keys (through the key table), clicks and resizes change
+ * the selection, focus, viewport and pattern edits; every change that needs the engine comes out
+ * as a tui_cmd for the worker. No curses and no engine calls here, so it is unit-tested. */
+#ifndef TUI_STATE_H
+#define TUI_STATE_H
+
+#include "eng_pattern.h"
+#include "eng_session.h"
+#include "tui_keys.h"
+#include "tui_layout.h"
+
+typedef enum { TUI_FOCUS_HEADS = 0, TUI_FOCUS_MAP, TUI_FOCUS_PATTERN, TUI_FOCUS__COUNT } tui_focus;
+typedef enum { TUI_METRIC_DENSITY = 0, TUI_METRIC_RECALL, TUI_METRIC_ERROR, TUI_METRIC__COUNT } tui_metric;
+/* Editable pattern fields; which ones a pattern shows depends on its kind (tui_pattern_fields). */
+typedef enum {
+    TUI_FIELD_KIND = 0,
+    TUI_FIELD_N_INIT,
+    TUI_FIELD_N_LOCAL,
+    TUI_FIELD_VERTICAL,
+    TUI_FIELD_SLASH,
+    TUI_FIELD_TOPK,
+    TUI_FIELD__COUNT
+} tui_field;
+
+#define TUI_TEACH_STEPS 5 /* estimate, vertical scores, slash scores, top-k lines, merged index */
+
+typedef struct {
+    int n_layers, n_heads, n_kv_heads, n_tokens;
+    int layer, head;         /* selected head */
+    tui_focus focus;
+    tui_metric metric;
+    int overlay;             /* sparse-index overlay on the heatmap */
+    int help;                /* help overlay shown */
+    int teach, teach_step;   /* teach view replaces the heatmap */
+    /* heatmap viewport in tokens: pixel (r, c) covers queries q0 + r*tpp.., keys k0 + c*tpp.. */
+    int px_w, px_h;          /* pixels the heatmap holds (from the layout) */
+    int tpp, fit_tpp;        /* tokens per pixel; fit_tpp shows the whole prompt */
+    int q0, k0;
+    int cur_q, cur_k;
+    /* pattern panel */
+    int field;               /* index into tui_pattern_fields() of the edited pattern */
+    int edit_valid, edit_layer, edit_head; /* an edit sent to the worker, not yet in a snapshot */
+    eng_pattern edit;
+    /* jump prompt */
+    int jump_active;
+    char jump_buf[24];
+    int quit;
+    char msg[160];           /* transient message for the footer */
+} tui_state;
+
+/* What the engine must do after an input. */
+typedef struct {
+    int set_pattern;         /* give (layer, head) pattern pat */
+    int layer, head;
+    eng_pattern pat;
+    int run_e2e;
+    int export_png;
+    int save;
+    int view_changed;        /* ask for a new snapshot for tui_state_view() */
+} tui_cmd;
+
+void tui_state_init(tui_state *s, int n_layers, int n_heads, int n_kv_heads, int n_tokens);
+/* The heatmap area changed size: refit the zoom limits and keep the cursor in view. */
+void tui_state_set_map_size(tui_state *s, int px_w, int px_h, tui_cmd *cmd);
+
+/* The context keys are looked up in (TUI_CTX_*). */
+unsigned tui_state_context(const tui_state *s);
+/* A key press. cur is the selected head's pattern as the newest snapshot has it (NULL before the
+ * prefill ends: pattern edits are refused until then). cmd is cleared first. */
+void tui_state_key(tui_state *s, int key, const eng_pattern *cur, tui_cmd *cmd);
+void tui_state_action(tui_state *s, tui_action a, const eng_pattern *cur, tui_cmd *cmd);
+/* A mouse click (button 1) on what hit names. */
+void tui_state_click(tui_state *s, const tui_hit *hit, const eng_pattern *cur, tui_cmd *cmd);
+
+/* The view request for the worker. */
+eng_view tui_state_view(const tui_state *s);
+/* The pattern to show for the selected head: the pending edit, else cur (may be NULL). */
+const eng_pattern *tui_state_pattern(const tui_state *s, const eng_pattern *cur);
+
+/* Fields shown for a pattern kind, in order (always TUI_FIELD_KIND first). Returns the count. */
+int tui_pattern_fields(eng_pat_kind k, tui_field *out);
+const char *tui_field_name(tui_field f);
+int tui_field_value(const eng_pattern *p, tui_field f);
+/* The next pattern kind in the cycle dense -> A-shape -> vertical-slash -> block-sparse -> dense;
+ * parameters that are unset get defaults sized for n tokens. */
+void tui_pattern_cycle(eng_pattern *p, int n);
+/* Step field f of p up (dir > 0) or down by a step that grows with the value, within its limits. */
+void tui_pattern_step(eng_pattern *p, tui_field f, int dir, int n);
+
+const char *tui_metric_name(tui_metric m);
+const char *tui_teach_step_name(int step);
+
+#endif

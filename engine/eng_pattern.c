@@ -1,0 +1,419 @@
+/* eng_pattern: pattern kinds and their named parameters, and the CPU reference index builders
+ * (dense, A-shape, vertical-slash, block-sparse) with MInference's semantics (ALGORITHMS.md). */
+#include "eng_pattern.h"
+
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define VS_SINKS 30      /* keys 0..29 always vertical */
+#define VS_LOCAL 100     /* offsets 0..99 always slash */
+#define VS_MIN_V 30
+#define VS_MIN_S 50
+#define VS_LAST_Q 64
+
+static const char *const kind_names[ENG_PAT__COUNT] = {"dense", "ashape", "vs", "bs"};
+static const char *const kind_upstream[ENG_PAT__COUNT] = {NULL, "stream_llm", "vertical_and_slash",
+                                                          "block_sparse"};
+
+const char *eng_pattern_kind_name(eng_pat_kind k) {
+    return (int)k >= 0 && k < ENG_PAT__COUNT ? kind_names[k] : "unknown";
+}
+
+int eng_pattern_kind_parse(const char *name, eng_pat_kind *k) {
+    if (!name) return -1;
+    for (int i = 0; i < ENG_PAT__COUNT; i++)
+        if (!strcmp(name, kind_names[i]) || (kind_upstream[i] && !strcmp(name, kind_upstream[i]))) {
+            *k = (eng_pat_kind)i;
+            return 0;
+        }
+    if (!strcmp(name, "a_shape") || !strcmp(name, "a-shape") || !strcmp(name, "vertical_slash") ||
+        !strcmp(name, "block-sparse")) {
+        *k = name[0] == 'a' ? ENG_PAT_ASHAPE : name[0] == 'v' ? ENG_PAT_VS : ENG_PAT_BS;
+        return 0;
+    }
+    return -1;
+}
+
+#define P_INT(field) .offset = offsetof(eng_pattern, field), .is_float = 0
+static const eng_pat_param params_ashape[] = {
+    {.name = "n_init", P_INT(n_init), .lo = 0, .hi = 1 << 30, .def = 1024, .budget = 1, .budget_min = 1,
+     .help = "sink tokens every query sees (keys 0..n_init-1)"},
+    {.name = "n_local", P_INT(n_local), .lo = 1, .hi = 1 << 30, .def = 4096, .budget = 1, .budget_min = 1,
+     .help = "local window: keys with 0 <= q - k < n_local"},
+};
+static const eng_pat_param params_vs[] = {
+    {.name = "vertical", P_INT(vertical), .lo = 0, .hi = 1 << 30, .def = 1000, .budget = 1, .budget_min = VS_MIN_V,
+     .help = "vertical lines (key columns); built with max(v, 30), <= N"},
+    {.name = "slash", P_INT(slash), .lo = 0, .hi = 1 << 30, .def = 6096, .budget = 1, .budget_min = VS_MIN_S,
+     .help = "slash lines (diagonal offsets); built with max(s, 50), <= N"},
+};
+static const eng_pat_param params_bs[] = {
+    {.name = "topk", P_INT(topk), .lo = 1, .hi = 1 << 30, .def = 100, .budget = 1, .budget_min = 1,
+     .help = "64x64 key blocks per 64-query row block, diagonal included"},
+};
+
+const eng_pat_param *eng_pattern_params(eng_pat_kind k, int *n) {
+    switch (k) {
+    case ENG_PAT_ASHAPE: *n = 2; return params_ashape;
+    case ENG_PAT_VS: *n = 2; return params_vs;
+    case ENG_PAT_BS: *n = 1; return params_bs;
+    default: *n = 0; return NULL;
+    }
+}
+
+double eng_pattern_param_get(const eng_pattern *p, const eng_pat_param *par) {
+    const char *base = (const char *)p + par->offset;
+    if (par->is_float) {
+        float f;
+        memcpy(&f, base, sizeof f);
+        return f;
+    }
+    int i;
+    memcpy(&i, base, sizeof i);
+    return i;
+}
+
+void eng_pattern_param_set(eng_pattern *p, const eng_pat_param *par, double v) {
+    char *base = (char *)p + par->offset;
+    if (par->is_float) {
+        float f = (float)v;
+        memcpy(base, &f, sizeof f);
+    } else {
+        int i = (int)llround(v);
+        memcpy(base, &i, sizeof i);
+    }
+}
+
+eng_pattern eng_pattern_make(eng_pat_kind k) {
+    eng_pattern p;
+    memset(&p, 0, sizeof p);
+    p.kind = k;
+    int np;
+    const eng_pat_param *par = eng_pattern_params(k, &np);
+    for (int i = 0; i < np; i++) eng_pattern_param_set(&p, &par[i], par[i].def);
+    return p;
+}
+
+int eng_pattern_validate(const eng_pattern *p, eng_err *err) {
+    if ((int)p->kind < 0 || p->kind >= ENG_PAT__COUNT) return eng_err_set(err, "unknown pattern kind %d", (int)p->kind);
+    int np;
+    const eng_pat_param *par = eng_pattern_params(p->kind, &np);
+    for (int i = 0; i < np; i++) {
+        double v = eng_pattern_param_get(p, &par[i]);
+        if (!(v >= par[i].lo && v <= par[i].hi))
+            return eng_err_set(err, "pattern %s: %s = %g outside [%g, %g]", kind_names[p->kind], par[i].name, v,
+                               par[i].lo, par[i].hi);
+    }
+    return 0;
+}
+
+int eng_pattern_describe(const eng_pattern *p, char *buf, int cap) {
+    int np, w = snprintf(buf, (size_t)cap, "%s", eng_pattern_kind_name(p->kind));
+    const eng_pat_param *par = eng_pattern_params(p->kind, &np);
+    for (int i = 0; i < np && w >= 0 && w < cap; i++)
+        w += snprintf(buf + w, (size_t)(cap - w), "%s%s=%g", i ? "," : "(", par[i].name,
+                      eng_pattern_param_get(p, &par[i]));
+    if (np && w >= 0 && w < cap) w += snprintf(buf + w, (size_t)(cap - w), ")");
+    return w;
+}
+
+const eng_pattern *eng_pattern_cfg_get(const eng_pattern_cfg *cfg, int layer, int head) {
+    if (!cfg) return NULL;
+    if (cfg->heads && layer >= 0 && layer < cfg->n_layers && head >= 0 && head < cfg->n_heads)
+        return &cfg->heads[(size_t)layer * cfg->n_heads + head];
+    return &cfg->def;
+}
+
+/* ---- index builders ---------------------------------------------------------------------- */
+
+static int last_query(int rb, int n) { return (rb * ENG_BLOCK + ENG_BLOCK < n ? rb * ENG_BLOCK + ENG_BLOCK : n) - 1; }
+
+static int build_dense(int n, eng_head_index *ix, eng_err *err) {
+    int n_rb = (n + ENG_BLOCK - 1) / ENG_BLOCK;
+    if (eng_index_alloc(ix, n, n_rb, 0, err)) return -1;
+    for (int rb = 0; rb < n_rb; rb++) {
+        int *bo = ix->block_offset + (size_t)rb * ix->max_blocks;
+        for (int b = 0; b <= rb; b++) bo[b] = b * ENG_BLOCK;
+        ix->block_count[rb] = rb + 1;
+    }
+    return 0;
+}
+
+/* A-shape: per-query exact through the index band mask. Blocks cover the sink range [0, n_init)
+ * and the union of the row block's windows [m0 - n_local + 1, last]; merged when they touch. */
+static int build_ashape(const eng_pattern *p, int n, eng_head_index *ix, eng_err *err) {
+    int n_rb = (n + ENG_BLOCK - 1) / ENG_BLOCK;
+    long long cap = ((long long)p->n_init + ENG_BLOCK - 1) / ENG_BLOCK + ((long long)p->n_local + ENG_BLOCK - 1) / ENG_BLOCK + 2;
+    if (cap > n_rb) cap = n_rb;
+    if (eng_index_alloc(ix, n, (int)cap, 0, err)) return -1;
+    ix->sink = p->n_init;
+    ix->window = p->n_local;
+    for (int rb = 0; rb < n_rb; rb++) {
+        int m0 = rb * ENG_BLOCK, last = last_query(rb, n);
+        long long ls = (long long)m0 - p->n_local + 1;
+        if (ls < 0) ls = 0;
+        long long se = p->n_init < last + 1 ? p->n_init : last + 1;            /* sink keys [0, se) */
+        long long se_blocks = (se + ENG_BLOCK - 1) / ENG_BLOCK * ENG_BLOCK;   /* as 64-wide blocks */
+        int *bo = ix->block_offset + (size_t)rb * ix->max_blocks, nb = 0;
+        if (se_blocks >= ls) {
+            for (long long o = 0; o <= last; o += ENG_BLOCK) bo[nb++] = (int)o;
+        } else {
+            for (long long o = 0; o < se; o += ENG_BLOCK) bo[nb++] = (int)o;
+            for (long long o = ls; o <= last; o += ENG_BLOCK) bo[nb++] = (int)o;
+        }
+        ix->block_count[rb] = nb;
+    }
+    return 0;
+}
+
+/* Sort keys: score descending, then index ascending (the deterministic tie rule). */
+typedef struct {
+    double s;
+    int i;
+} scored;
+
+static int cmp_scored(const void *a, const void *b) {
+    const scored *x = a, *y = b;
+    if (x->s > y->s) return -1;
+    if (x->s < y->s) return 1;
+    return (x->i > y->i) - (x->i < y->i);
+}
+static int cmp_int_asc(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+static int cmp_int_desc(const void *a, const void *b) { return cmp_int_asc(b, a); }
+
+/* Indices of the k largest of s[0..n) (ties: lower index), in *out (k entries). */
+static int top_k(const double *s, int n, int k, int *out) {
+    scored *t = malloc((size_t)n * sizeof *t);
+    if (!t) return -1;
+    for (int i = 0; i < n; i++) t[i] = (scored){s[i], i};
+    qsort(t, (size_t)n, sizeof *t, cmp_scored);
+    for (int i = 0; i < k; i++) out[i] = t[i].i;
+    free(t);
+    return 0;
+}
+
+/* MInference's convert_vertical_slash_indexes for one row block [m0, m0 + 64) (upstream uses
+ * end_m = m0 + 64 even for a partial last block). v: k_v keys ascending; s: k_s offsets
+ * descending. Writes blocks/columns when bo/ci are non-NULL; returns counts. Blocks that start
+ * after the row block's last query compute nothing and are dropped (the only departure). */
+static void vs_convert_row(int m0, int last, const int *v, int nv, const int *s, int ns, int *bo, int *nb_out,
+                           int *ci, int *nc_out) {
+    const int B = ENG_BLOCK;
+    int end_m = m0 + B, nb = 0, nc = 0;
+    int iv = 0, is = 0;
+    int v_idx = iv < nv ? v[iv++] : end_m + B;
+    int s_idx = is < ns ? s[is++] : -1;
+    while (s_idx >= end_m && is < ns) s_idx = s[is++];
+    s_idx = s_idx >= end_m ? end_m + B : (end_m - s_idx > B ? end_m - s_idx : B);
+    int range_start = s_idx - B, range_end = s_idx;
+#define SAVE_RANGE()                                                            \
+    for (int o_ = range_start; o_ < range_end && o_ <= last; o_ += B) {         \
+        if (bo) bo[nb] = o_;                                                    \
+        nb++;                                                                   \
+    }
+    for (;;) {
+        if (v_idx < range_end) {
+            if (v_idx < range_start) {
+                if (ci) ci[nc] = v_idx;
+                nc++;
+            }
+            v_idx = iv < nv ? v[iv++] : end_m + B;
+        } else {
+            if (is < ns) {
+                int e = end_m - s[is++];
+                s_idx = e > B ? e : B;
+            } else {
+                SAVE_RANGE();
+                break;
+            }
+            if (s_idx > range_end + B) {
+                SAVE_RANGE();
+                range_start = s_idx - B;
+                range_end = s_idx;
+            } else if (s_idx > range_end) {
+                range_end += B;
+            }
+        }
+    }
+#undef SAVE_RANGE
+    *nb_out = nb;
+    *nc_out = nc;
+}
+
+int eng_pattern_vs_lines(const eng_pattern *p, const float *q, int q_stride, const float *k, int k_stride, int n,
+                         int d, int *vert, int *n_vert, int *slash, int *n_slash, eng_err *err) {
+    if (!q || !k) return eng_err_set(err, "vs: needs Q and K");
+    if (n <= 0 || d <= 0) return eng_err_set(err, "vs: bad shape (n %d, d %d)", n, d);
+    int kv = p->vertical > VS_MIN_V ? p->vertical : VS_MIN_V;
+    int ks = p->slash > VS_MIN_S ? p->slash : VS_MIN_S;
+    if (kv > n) kv = n;
+    if (ks > n) ks = n;
+    int last_q = n < VS_LAST_Q ? n : VS_LAST_Q, rc = -1;
+    double *vs = calloc((size_t)n, sizeof *vs), *ss = calloc((size_t)n, sizeof *ss);
+    float *a = malloc((size_t)n * sizeof *a);
+    if (!vs || !ss || !a) {
+        eng_err_set(err, "vs: out of memory (n = %d)", n);
+        goto done;
+    }
+    /* 1. A = softmax(Q[-64:] K^T * scale), causal inside the trailing square; fp32 like upstream. */
+    float scale = 1.0f / sqrtf((float)d);
+    for (int r = 0; r < last_q; r++) {
+        int qi = n - last_q + r;
+        const float *qr = q + (size_t)qi * q_stride;
+        float mx = -INFINITY;
+        for (int j = 0; j <= qi; j++) {
+            const float *kr = k + (size_t)j * k_stride;
+            float acc = 0;
+            for (int c = 0; c < d; c++) acc += qr[c] * kr[c];
+            a[j] = acc * scale;
+            if (a[j] > mx) mx = a[j];
+        }
+        float sum = 0;
+        for (int j = 0; j <= qi; j++) {
+            a[j] = expf(a[j] - mx);
+            sum += a[j];
+        }
+        float inv = 1.0f / sum;
+        /* 2./3. column sums and diagonal sums (offset o = qi - j) */
+        for (int j = 0; j <= qi; j++) {
+            float w = a[j] * inv;
+            vs[j] += w;
+            ss[qi - j] += w;
+        }
+    }
+    for (int j = 0; j < VS_SINKS && j < n; j++) vs[j] = INFINITY;
+    for (int o = 0; o < VS_LOCAL && o < n; o++) ss[o] = INFINITY;
+    if (top_k(vs, n, kv, vert) || top_k(ss, n, ks, slash)) {
+        eng_err_set(err, "vs: out of memory (n = %d)", n);
+        goto done;
+    }
+    qsort(vert, (size_t)kv, sizeof *vert, cmp_int_asc);
+    qsort(slash, (size_t)ks, sizeof *slash, cmp_int_desc);
+    *n_vert = kv;
+    *n_slash = ks;
+    rc = 0;
+done:
+    free(vs);
+    free(ss);
+    free(a);
+    return rc;
+}
+
+int eng_pattern_vs_index(const int *vert, int n_vert, const int *slash, int n_slash, int n, eng_head_index *ix,
+                         eng_err *err) {
+    memset(ix, 0, sizeof *ix);
+    if (n <= 0) return eng_err_set(err, "vs index: token count %d must be positive", n);
+    for (int i = 0; i < n_vert; i++)
+        if (vert[i] < 0 || vert[i] >= n || (i && vert[i] <= vert[i - 1]))
+            return eng_err_set(err, "vs index: vertical %d (key %d) out of range or not strictly ascending", i, vert[i]);
+    for (int i = 0; i < n_slash; i++)
+        if (slash[i] < 0 || slash[i] >= n || (i && slash[i] >= slash[i - 1]))
+            return eng_err_set(err, "vs index: slash %d (offset %d) out of range or not strictly descending", i,
+                               slash[i]);
+    /* Lines -> index; the first pass sizes it exactly (upstream reserves k_s x k_v per row). */
+    int n_rb = (n + ENG_BLOCK - 1) / ENG_BLOCK, max_b = 0, max_c = 0;
+    int *cnt = malloc((size_t)n_rb * 2 * sizeof *cnt);
+    if (!cnt) return eng_err_set(err, "vs index: out of memory (n = %d)", n);
+    for (int rb = 0; rb < n_rb; rb++) {
+        int *c = cnt + 2 * rb;
+        vs_convert_row(rb * ENG_BLOCK, last_query(rb, n), vert, n_vert, slash, n_slash, NULL, &c[0], NULL, &c[1]);
+        if (c[0] > max_b) max_b = c[0];
+        if (c[1] > max_c) max_c = c[1];
+    }
+    free(cnt);
+    if (eng_index_alloc(ix, n, max_b, max_c, err)) return -1;
+    for (int rb = 0; rb < n_rb; rb++)
+        vs_convert_row(rb * ENG_BLOCK, last_query(rb, n), vert, n_vert, slash, n_slash,
+                       ix->block_offset + (size_t)rb * max_b, &ix->block_count[rb],
+                       ix->column_index + (size_t)rb * max_c, &ix->column_count[rb]);
+    return 0;
+}
+
+static int build_vs(const eng_pattern *p, const float *q, int q_stride, const float *k, int k_stride, int n, int d,
+                    eng_head_index *ix, eng_err *err) {
+    int *vert = malloc((size_t)n * sizeof *vert), *slash = malloc((size_t)n * sizeof *slash), nv = 0, ns = 0, rc = -1;
+    if (!vert || !slash)
+        eng_err_set(err, "vs: out of memory (n = %d)", n);
+    else if (!eng_pattern_vs_lines(p, q, q_stride, k, k_stride, n, d, vert, &nv, slash, &ns, err))
+        rc = eng_pattern_vs_index(vert, nv, slash, ns, n, ix, err);
+    free(vert);
+    free(slash);
+    return rc;
+}
+
+/* Block-sparse: mean-pool Q and K over 64-token blocks (a partial last block is averaged over its
+ * real tokens: this only rescales scores that are never ranked against each other); per row block
+ * keep the diagonal and the topk-1 best earlier blocks by q_pool . k_pool (ties: later block). */
+static int build_bs(const eng_pattern *p, const float *q, int q_stride, const float *k, int k_stride, int n, int d,
+                    eng_head_index *ix, eng_err *err) {
+    if (!q || !k) return eng_err_set(err, "bs: needs Q and K");
+    int n_rb = (n + ENG_BLOCK - 1) / ENG_BLOCK;
+    int kk = p->topk < n_rb ? p->topk : n_rb;
+    if (kk < 1) return eng_err_set(err, "bs: topk %d must be >= 1", p->topk);
+    float *qp = calloc((size_t)n_rb * d, sizeof *qp), *kp = calloc((size_t)n_rb * d, sizeof *kp);
+    scored *t = malloc((size_t)n_rb * sizeof *t);
+    int rc = -1;
+    if (!qp || !kp || !t) {
+        eng_err_set(err, "bs: out of memory (n = %d)", n);
+        goto done;
+    }
+    for (int b = 0; b < n_rb; b++) {
+        int t0 = b * ENG_BLOCK, t1 = last_query(b, n) + 1;
+        float *qo = qp + (size_t)b * d, *ko = kp + (size_t)b * d;
+        for (int t_ = t0; t_ < t1; t_++)
+            for (int c = 0; c < d; c++) {
+                qo[c] += q[(size_t)t_ * q_stride + c];
+                ko[c] += k[(size_t)t_ * k_stride + c];
+            }
+        for (int c = 0; c < d; c++) {
+            qo[c] /= (float)(t1 - t0);
+            ko[c] /= (float)(t1 - t0);
+        }
+    }
+    if (eng_index_alloc(ix, n, kk, 0, err)) goto done;
+    for (int rb = 0; rb < n_rb; rb++) {
+        int *bo = ix->block_offset + (size_t)rb * kk, nb = 0;
+        const float *qo = qp + (size_t)rb * d;
+        for (int kb = 0; kb < rb; kb++) {
+            const float *ko = kp + (size_t)kb * d;
+            double s = 0;
+            for (int c = 0; c < d; c++) s += (double)qo[c] * ko[c];
+            t[kb] = (scored){s, -kb}; /* index -kb: ties go to the later block */
+        }
+        qsort(t, (size_t)rb, sizeof *t, cmp_scored);
+        for (int i = 0; i < rb && i < kk - 1; i++) bo[nb++] = -t[i].i * ENG_BLOCK;
+        bo[nb++] = rb * ENG_BLOCK;
+        qsort(bo, (size_t)nb, sizeof *bo, cmp_int_asc);
+        ix->block_count[rb] = nb;
+    }
+    rc = 0;
+done:
+    free(qp);
+    free(kp);
+    free(t);
+    return rc;
+}
+
+int eng_pattern_build(const eng_pattern *p, const float *q, int q_stride, const float *k, int k_stride, int n,
+                      int d, eng_head_index *ix, eng_err *err) {
+    memset(ix, 0, sizeof *ix);
+    if (!p) return eng_err_set(err, "pattern build: no pattern");
+    if (n <= 0) return eng_err_set(err, "pattern build: token count %d must be positive", n);
+    if (d <= 0) return eng_err_set(err, "pattern build: head dim %d must be positive", d);
+    if (eng_pattern_validate(p, err)) return -1;
+    switch (p->kind) {
+    case ENG_PAT_DENSE: return build_dense(n, ix, err);
+    case ENG_PAT_ASHAPE: return build_ashape(p, n, ix, err);
+    case ENG_PAT_VS: return build_vs(p, q, q_stride, k, k_stride, n, d, ix, err);
+    case ENG_PAT_BS: return build_bs(p, q, q_stride, k, k_stride, n, d, ix, err);
+    default: return eng_err_set(err, "pattern build: unknown kind %d", (int)p->kind);
+    }
+}

@@ -1,0 +1,388 @@
+/* krn_attn: FA2-class flash attention kernels (mma.sync m16n8k16 bf16, ldmatrix, cp.async double
+ * buffering, online softmax in fp32, exp2 domain) for dense causal and index-driven sparse attention.
+ * One kernel template serves both: a CTA owns BM = 16*NW query rows (each warp 16 rows) of one query
+ * head and walks a list of 64-key tiles; a tile is either 64 consecutive keys from a token offset
+ * (dense tiles, index key blocks; causal mask where it reaches past a row) or up to 64 gathered
+ * key columns (index columns; no mask needed, they lie left of the row block). Tests:
+ * tests/gpu_attn.c against the CPU references; numbers: bench/RESULTS.md. */
+#include "krn_attn.h"
+
+#include "krn_common.cuh"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+namespace {
+
+constexpr int kBN = 64; /* keys per tile */
+
+enum { MODE_DENSE = 0, MODE_SPARSE = 1 };
+
+/* Swizzled element offset of 16-byte chunk `ch` of row `r` in a [rows][D] bf16 tile: chunk index
+ * XOR (row & 7) keeps the 8 rows an ldmatrix phase reads in 8 distinct bank groups. */
+template <int D> __device__ __forceinline__ int swz(int r, int ch) { return r * D + ((ch ^ (r & 7)) << 3); }
+
+struct Tile {
+    int start;        /* first key (block tiles) */
+    int count;        /* keys in this tile (gather tiles may be short) */
+    const int *cols;  /* gathered key indexes, or nullptr for a block tile */
+};
+
+template <int D, int NW>
+__device__ __forceinline__ void load_kv(__nv_bfloat16 *sk, __nv_bfloat16 *sv, const Tile &t,
+                                        const __nv_bfloat16 *k, const __nv_bfloat16 *v, int kv_stride,
+                                        int n, int tid) {
+    constexpr int CH = D / 8, NT = NW * 32;
+#pragma unroll
+    for (int c = tid; c < kBN * CH; c += NT) {
+        int r = c / CH, ch = c % CH;
+        int key;
+        bool ok;
+        if (t.cols) {
+            ok = r < t.count;
+            key = ok ? __ldg(t.cols + r) : 0;
+        } else {
+            key = t.start + r;
+            ok = key < n;
+        }
+        size_t off = ok ? (size_t)key * kv_stride + ch * 8 : 0;
+        krn_cp_async16(krn_smem_u32(sk + swz<D>(r, ch)), k + off, ok ? 16 : 0);
+        krn_cp_async16(krn_smem_u32(sv + swz<D>(r, ch)), v + off, ok ? 16 : 0);
+    }
+}
+
+template <int D, int NW, int MODE>
+__global__ void __launch_bounds__(NW * 32, 1)
+attn_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
+    constexpr int BM = 16 * NW, CH = D / 8, NT = NW * 32, KS = D / 16, DT = D / 8;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    __nv_bfloat16 *sQ = reinterpret_cast<__nv_bfloat16 *>(smem_raw);
+    __nv_bfloat16 *sK = sQ + BM * D;      /* [2][64][D] */
+    __nv_bfloat16 *sV = sK + 2 * kBN * D; /* [2][64][D] */
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int n = a.n;
+    const int n_mb = (n + BM - 1) / BM;
+    const int mb = n_mb - 1 - (int)blockIdx.x; /* heaviest row blocks first */
+    const int h = blockIdx.y, hk = h / (a.H / a.Hkv);
+    const int m0 = mb * BM;
+    const int q0w = m0 + warp * 16; /* this warp's first row */
+
+    const __nv_bfloat16 *q = reinterpret_cast<const __nv_bfloat16 *>(a.q) + h * D;
+    const __nv_bfloat16 *k = reinterpret_cast<const __nv_bfloat16 *>(a.k) + hk * D;
+    const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
+
+    /* The tile list. */
+    int n_blocks, n_tiles, n_cols = 0, sink = 0, window = 0;
+    const int *boff = nullptr, *cidx = nullptr;
+    if (MODE == MODE_DENSE) {
+        int last = min(m0 + BM, n) - 1;
+        n_blocks = last / kBN + 1;
+        n_tiles = n_blocks;
+    } else {
+        const size_t hr = (size_t)h * ix.n_rb + mb; /* BM == 64 == ENG_BLOCK here */
+        n_blocks = ix.block_count[hr];
+        n_cols = ix.column_count[hr];
+        boff = ix.block_offset + hr * ix.max_blocks;
+        cidx = ix.column_index + hr * ix.max_cols;
+        n_tiles = n_blocks + (n_cols + kBN - 1) / kBN;
+        if (ix.band) {
+            sink = ix.band[2 * h];
+            window = ix.band[2 * h + 1];
+        }
+    }
+    auto tile_at = [&](int t) {
+        Tile tl;
+        if (t < n_blocks) {
+            tl.start = MODE == MODE_DENSE ? t * kBN : boff[t];
+            tl.count = kBN;
+            tl.cols = nullptr;
+        } else {
+            int g = t - n_blocks;
+            tl.start = 0;
+            tl.count = min(kBN, n_cols - g * kBN);
+            tl.cols = cidx + g * kBN;
+        }
+        return tl;
+    };
+
+    /* Q tile (rows past n zero-filled) and the first K/V tile. */
+#pragma unroll
+    for (int c = tid; c < BM * CH; c += NT) {
+        int r = c / CH, ch = c % CH, row = m0 + r;
+        bool ok = row < n;
+        krn_cp_async16(krn_smem_u32(sQ + swz<D>(r, ch)), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
+                       ok ? 16 : 0);
+    }
+    if (n_tiles > 0) load_kv<D, NW>(sK, sV, tile_at(0), k, v, a.kv_stride, n, tid);
+    krn_cp_async_commit();
+
+    float o[DT][4];
+#pragma unroll
+    for (int i = 0; i < DT; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;
+    uint32_t qf[KS][4];
+    const int row_a = q0w + (lane >> 2), row_b = row_a + 8;
+
+    for (int t = 0; t < n_tiles; t++) {
+        krn_cp_async_wait<0>();
+        __syncthreads();
+        if (t == 0) {
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++)
+                krn_ldmatrix_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3],
+                                krn_smem_u32(sQ + swz<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))));
+        }
+        if (t + 1 < n_tiles)
+            load_kv<D, NW>(sK + ((t + 1) & 1) * kBN * D, sV + ((t + 1) & 1) * kBN * D, tile_at(t + 1), k, v,
+                           a.kv_stride, n, tid);
+        krn_cp_async_commit();
+
+        const Tile tl = tile_at(t);
+        const bool gather = tl.cols != nullptr;
+        if (!gather && tl.start > q0w + 15) continue; /* every key is after every row of this warp */
+        const __nv_bfloat16 *cK = sK + (t & 1) * kBN * D, *cV = sV + (t & 1) * kBN * D;
+
+        /* S = Q K^T for 16 rows x 64 keys: 8 n-tiles of 8 keys. */
+        float s[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++) {
+#pragma unroll
+            for (int p = 0; p < 4; p++) {
+                uint32_t b0, b1, b2, b3;
+                int mi = lane >> 3;
+                krn_ldmatrix_x4(b0, b1, b2, b3,
+                                krn_smem_u32(cK + swz<D>(p * 16 + (mi >> 1) * 8 + (lane & 7), kk * 2 + (mi & 1))));
+                krn_mma_bf16(s[2 * p], qf[kk], b0, b1);
+                krn_mma_bf16(s[2 * p + 1], qf[kk], b2, b3);
+            }
+        }
+        /* Scale into the exp2 domain and mask: keys after the row (block tiles reaching past this
+         * warp's first row) or past the gathered count. */
+        const bool band = !gather && window > 0 && q0w + 15 - tl.start >= window && tl.start + kBN - 1 >= sink;
+        const bool need_mask = gather ? tl.count < kBN : (tl.start + kBN - 1 > q0w || band);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float x = s[j][e] * scale_log2;
+                if (need_mask) {
+                    int col = j * 8 + (lane & 3) * 2 + (e & 1);
+                    int row = e < 2 ? row_a : row_b;
+                    int key = tl.start + col;
+                    bool dead = gather ? col >= tl.count
+                                       : (key > row || (band && key >= sink && row - key >= window));
+                    if (dead) x = -INFINITY;
+                }
+                s[j][e] = x;
+            }
+        }
+        /* Online softmax: row max over the quad, rescale, exponentiate. */
+        float mx_a = m_a, mx_b = m_b;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            mx_a = fmaxf(mx_a, fmaxf(s[j][0], s[j][1]));
+            mx_b = fmaxf(mx_b, fmaxf(s[j][2], s[j][3]));
+        }
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+        const float use_a = mx_a == -INFINITY ? 0.f : mx_a, use_b = mx_b == -INFINITY ? 0.f : mx_b;
+        const float al_a = exp2f(m_a - use_a), al_b = exp2f(m_b - use_b);
+        m_a = mx_a;
+        m_b = mx_b;
+        float sum_a = 0.f, sum_b = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            s[j][0] = exp2f(s[j][0] - use_a);
+            s[j][1] = exp2f(s[j][1] - use_a);
+            s[j][2] = exp2f(s[j][2] - use_b);
+            s[j][3] = exp2f(s[j][3] - use_b);
+            sum_a += s[j][0] + s[j][1];
+            sum_b += s[j][2] + s[j][3];
+        }
+        l_a = l_a * al_a + sum_a;
+        l_b = l_b * al_b + sum_b;
+#pragma unroll
+        for (int i = 0; i < DT; i++) {
+            o[i][0] *= al_a;
+            o[i][1] *= al_a;
+            o[i][2] *= al_b;
+            o[i][3] *= al_b;
+        }
+        /* O += P V: P from the S accumulators (bf16), V through ldmatrix.trans. */
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            uint32_t pa[4] = {krn_pack_bf16(s[2 * kk][0], s[2 * kk][1]), krn_pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              krn_pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              krn_pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dp = 0; dp < D / 16; dp++) {
+                uint32_t b0, b1, b2, b3;
+                int mi = lane >> 3;
+                krn_ldmatrix_x4_trans(b0, b1, b2, b3,
+                                      krn_smem_u32(cV + swz<D>(kk * 16 + (mi & 1) * 8 + (lane & 7), dp * 2 + (mi >> 1))));
+                krn_mma_bf16(o[2 * dp], pa, b0, b1);
+                krn_mma_bf16(o[2 * dp + 1], pa, b2, b3);
+            }
+        }
+    }
+    krn_cp_async_wait<0>();
+
+    /* Finish: full row sums over the quad, normalise, store bf16 and the natural-log LSE. */
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+    const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
+    __nv_bfloat16 *out = reinterpret_cast<__nv_bfloat16 *>(a.out) + h * D;
+#pragma unroll
+    for (int i = 0; i < DT; i++) {
+        int col = i * 8 + (lane & 3) * 2;
+        if (row_a < n)
+            *reinterpret_cast<uint32_t *>(out + (size_t)row_a * a.out_stride + col) =
+                krn_pack_bf16(o[i][0] * inv_a, o[i][1] * inv_a);
+        if (row_b < n)
+            *reinterpret_cast<uint32_t *>(out + (size_t)row_b * a.out_stride + col) =
+                krn_pack_bf16(o[i][2] * inv_b, o[i][3] * inv_b);
+    }
+    if (a.lse && (lane & 3) == 0) {
+        const float ln2 = 0.69314718055994531f;
+        if (row_a < n) a.lse[(size_t)h * n + row_a] = l_a > 0.f ? (m_a + log2f(l_a)) * ln2 : -INFINITY;
+        if (row_b < n) a.lse[(size_t)h * n + row_b] = l_b > 0.f ? (m_b + log2f(l_b)) * ln2 : -INFINITY;
+    }
+}
+
+template <int D, int NW, int MODE>
+int launch(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
+    constexpr int BM = 16 * NW;
+    const size_t smem = (size_t)(BM * D + 4 * kBN * D) * sizeof(__nv_bfloat16);
+    CUDA_RET(cudaFuncSetAttribute(attn_kernel<D, NW, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dim3 grid((a->n + BM - 1) / BM, a->H);
+    krn_index_dev none = {};
+    const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
+    attn_kernel<D, NW, MODE><<<grid, NW * 32, smem, st>>>(*a, ix ? *ix : none, scale_log2);
+    LAUNCH_RET("attn_kernel");
+    return 0;
+}
+
+int check_args(const krn_attn_args *a, eng_err *err) {
+    if (!a || !a->q || !a->k || !a->v || !a->out) return eng_err_set(err, "attention: NULL tensor");
+    if (a->n <= 0) return eng_err_set(err, "attention: n = %d must be > 0", a->n);
+    if (a->d != 64 && a->d != 128) return eng_err_set(err, "attention: head dim %d unsupported (64 or 128)", a->d);
+    if (a->H <= 0 || a->Hkv <= 0 || a->H % a->Hkv)
+        return eng_err_set(err, "attention: %d query heads not a multiple of %d KV heads", a->H, a->Hkv);
+    if (a->q_stride % 8 || a->kv_stride % 8 || a->out_stride % 8 || a->q_stride < a->H * a->d ||
+        a->kv_stride < a->Hkv * a->d || a->out_stride < a->H * a->d)
+        return eng_err_set(err, "attention: strides must be multiples of 8 covering all heads");
+    if (a->H > 65535) return eng_err_set(err, "attention: %d heads exceed the grid limit", a->H);
+    return 0;
+}
+
+} /* namespace */
+
+extern "C" int krn_attn_dense(const krn_attn_args *a, int variant, cudaStream_t s, eng_err *err) {
+    if (check_args(a, err)) return -1;
+    if (variant == 1)
+        return a->d == 64 ? launch<64, 4, MODE_DENSE>(a, nullptr, s, err) : launch<128, 4, MODE_DENSE>(a, nullptr, s, err);
+    return a->d == 64 ? launch<64, 8, MODE_DENSE>(a, nullptr, s, err) : launch<128, 8, MODE_DENSE>(a, nullptr, s, err);
+}
+
+extern "C" int krn_attn_sparse(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t s, eng_err *err) {
+    if (check_args(a, err)) return -1;
+    if (!ix || !ix->block_count || !ix->block_offset || !ix->column_count || !ix->column_index)
+        return eng_err_set(err, "sparse attention: NULL index");
+    if (ix->n != a->n || ix->n_rb != (a->n + 63) / 64)
+        return eng_err_set(err, "sparse attention: index built for n = %d, attention has n = %d", ix->n, a->n);
+    return a->d == 64 ? launch<64, 4, MODE_SPARSE>(a, ix, s, err) : launch<128, 4, MODE_SPARSE>(a, ix, s, err);
+}
+
+extern "C" int krn_index_dev_alloc(krn_index_dev *ix, int H, int n, int max_blocks, int max_cols, eng_err *err) {
+    *ix = krn_index_dev{};
+    if (H <= 0 || n <= 0 || max_blocks < 0 || max_cols < 0)
+        return eng_err_set(err, "index: bad shape H=%d n=%d max_blocks=%d max_cols=%d", H, n, max_blocks, max_cols);
+    ix->n = n;
+    ix->n_rb = (n + 63) / 64;
+    ix->max_blocks = max_blocks;
+    ix->max_cols = max_cols;
+    const size_t rows = (size_t)H * ix->n_rb;
+    CUDA_TRY(cudaMalloc((void **)&ix->block_count, rows * sizeof(int)));
+    CUDA_TRY(cudaMalloc((void **)&ix->column_count, rows * sizeof(int)));
+    CUDA_TRY(cudaMalloc((void **)&ix->block_offset, rows * (size_t)(max_blocks > 0 ? max_blocks : 1) * sizeof(int)));
+    CUDA_TRY(cudaMalloc((void **)&ix->column_index, rows * (size_t)(max_cols > 0 ? max_cols : 1) * sizeof(int)));
+    CUDA_TRY(cudaMalloc((void **)&ix->band, (size_t)H * 2 * sizeof(int)));
+    CUDA_TRY(cudaMemset(ix->block_count, 0, rows * sizeof(int)));
+    CUDA_TRY(cudaMemset(ix->column_count, 0, rows * sizeof(int)));
+    CUDA_TRY(cudaMemset(ix->band, 0, (size_t)H * 2 * sizeof(int)));
+    return 0;
+fail:
+    krn_index_dev_free(ix);
+    return -1;
+}
+
+extern "C" void krn_index_dev_free(krn_index_dev *ix) {
+    if (!ix) return;
+    cudaFree(ix->block_count);
+    cudaFree(ix->column_count);
+    cudaFree(ix->block_offset);
+    cudaFree(ix->column_index);
+    cudaFree(ix->band);
+    *ix = krn_index_dev{};
+}
+
+extern "C" int krn_index_dev_upload(krn_index_dev *ix, const eng_head_index *heads, int H, eng_err *err) {
+    *ix = krn_index_dev{};
+    if (!heads || H <= 0) return eng_err_set(err, "index upload: no heads");
+    int n = heads[0].n, mb = 0, mc = 0;
+    for (int h = 0; h < H; h++) {
+        if (heads[h].n != n || heads[h].n_rb != (n + 63) / 64)
+            return eng_err_set(err, "index upload: head %d has n = %d, head 0 has n = %d", h, heads[h].n, n);
+        mb = heads[h].max_blocks > mb ? heads[h].max_blocks : mb;
+        mc = heads[h].max_cols > mc ? heads[h].max_cols : mc;
+    }
+    const int n_rb = (n + 63) / 64;
+    const size_t rows = (size_t)H * n_rb;
+    int *hb = nullptr;
+    if (krn_index_dev_alloc(ix, H, n, mb, mc, err)) return -1;
+    /* One host staging buffer: counts, offsets, columns, bands, packed as on the device. */
+    hb = (int *)calloc(rows * (2 + (size_t)mb + mc) + 2 * (size_t)H, sizeof(int));
+    if (!hb) {
+        eng_err_set(err, "index upload: out of host memory");
+        goto fail;
+    }
+    {
+        int *bc = hb, *cc = bc + rows, *bo = cc + rows, *ci = bo + rows * mb, *band = ci + rows * mc;
+        for (int h = 0; h < H; h++) {
+            const eng_head_index *x = &heads[h];
+            for (int rb = 0; rb < n_rb; rb++) {
+                size_t r = (size_t)h * n_rb + rb;
+                bc[r] = x->block_count ? x->block_count[rb] : 0;
+                cc[r] = x->column_count ? x->column_count[rb] : 0;
+                if (bc[r] < 0 || bc[r] > x->max_blocks || cc[r] < 0 || cc[r] > x->max_cols) {
+                    eng_err_set(err, "index upload: head %d row block %d counts %d/%d exceed capacity %d/%d", h, rb,
+                                bc[r], cc[r], x->max_blocks, x->max_cols);
+                    goto fail;
+                }
+                if (bc[r]) memcpy(bo + r * mb, x->block_offset + (size_t)rb * x->max_blocks, bc[r] * sizeof(int));
+                if (cc[r]) memcpy(ci + r * mc, x->column_index + (size_t)rb * x->max_cols, cc[r] * sizeof(int));
+            }
+            band[2 * h] = x->sink;
+            band[2 * h + 1] = x->window;
+        }
+        CUDA_TRY(cudaMemcpy(ix->block_count, bc, rows * sizeof(int), cudaMemcpyHostToDevice));
+        CUDA_TRY(cudaMemcpy(ix->column_count, cc, rows * sizeof(int), cudaMemcpyHostToDevice));
+        if (mb) CUDA_TRY(cudaMemcpy(ix->block_offset, bo, rows * mb * sizeof(int), cudaMemcpyHostToDevice));
+        if (mc) CUDA_TRY(cudaMemcpy(ix->column_index, ci, rows * mc * sizeof(int), cudaMemcpyHostToDevice));
+        CUDA_TRY(cudaMemcpy(ix->band, band, 2 * (size_t)H * sizeof(int), cudaMemcpyHostToDevice));
+    }
+    free(hb);
+    return 0;
+fail:
+    free(hb);
+    krn_index_dev_free(ix);
+    return -1;
+}

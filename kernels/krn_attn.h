@@ -1,0 +1,59 @@
+/* krn_attn: flash attention on the GPU (bf16 in, fp32 accumulate, one online softmax), dense causal
+ * and sparse from the engine's index (eng_index.h), C-callable launchers over device pointers.
+ * Shapes (all bf16, row-major, element strides): q row t head h at q + t*q_stride + h*d;
+ * k/v row t KV head g at k + t*kv_stride + g*d; out like q (out_stride); lse [H][n] f32 natural-log
+ * log-sum-exp of the scaled logits (may be NULL). Query head h reads KV head h / (H / Hkv).
+ * d is 64 or 128; strides are multiples of 8 elements (16-byte rows). */
+#ifndef KRN_ATTN_H
+#define KRN_ATTN_H
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "eng_err.h"
+#include "eng_index.h"
+
+typedef struct {
+    int n, H, Hkv, d;
+    const void *q, *k, *v; /* __nv_bfloat16 */
+    int q_stride, kv_stride;
+    void *out;             /* __nv_bfloat16 */
+    int out_stride;
+    float *lse;            /* [H][n] or NULL */
+} krn_attn_args;
+
+/* A device-resident index for H query heads: head h's arrays start at h * n_rb (counts),
+ * h * n_rb * max_blocks (offsets), h * n_rb * max_cols (columns). Semantics: eng_index.h. */
+typedef struct {
+    int n, n_rb, max_blocks, max_cols;
+    int *block_count;  /* [H][n_rb] */
+    int *block_offset; /* [H][n_rb][max_blocks] */
+    int *column_count; /* [H][n_rb] */
+    int *column_index; /* [H][n_rb][max_cols] */
+    int *band;         /* [H][2] (sink, window): eng_head_index's band mask on block keys; 0 = off */
+} krn_index_dev;
+
+/* Dense causal attention. variant 0 = default (128-query tiles, 8 warps), 1 = 64-query tiles
+ * (4 warps); both are the same algorithm, kept for benchmarking. */
+int krn_attn_dense(const krn_attn_args *a, int variant, cudaStream_t s, eng_err *err);
+
+/* Sparse attention: per (head, 64-query row block) the index's key blocks (causal mask where a
+ * block reaches past a query) and then its gathered columns, under one online softmax. */
+int krn_attn_sparse(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t s, eng_err *err);
+
+/* Device index storage for H heads (cudaMalloc'd, counts and bands zeroed; free with
+ * krn_index_dev_free). */
+int krn_index_dev_alloc(krn_index_dev *ix, int H, int n, int max_blocks, int max_cols, eng_err *err);
+void krn_index_dev_free(krn_index_dev *ix);
+/* Upload H host indexes (eng_index.h, one per query head, all for the same n) into a fresh device
+ * index whose capacities are the largest of the heads'. */
+int krn_index_dev_upload(krn_index_dev *ix, const eng_head_index *heads, int H, eng_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

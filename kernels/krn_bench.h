@@ -1,0 +1,46 @@
+/* krn_bench: kernel-level attention benchmark on the GPU (random bf16 Q/K/V made on the device):
+ * dense causal vs each sparse pattern, index building timed with the attention, TFLOP/s on the
+ * entries each kernel computes. Used by `attnscope bench` (app/cmd_bench.c). */
+#ifndef KRN_BENCH_H
+#define KRN_BENCH_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "eng_err.h"
+#include "eng_pattern.h"
+
+#define KRN_BENCH_MAX_PATS 8
+
+typedef struct {
+    int n, H, Hkv, d;
+    int reps;          /* timed repetitions (median reported), after 2 warm-ups */
+    int dense_variant; /* krn_attn_dense variant */
+    int n_pats;
+    eng_pattern pats[KRN_BENCH_MAX_PATS];
+} krn_bench_cfg;
+
+typedef struct {
+    char name[64];      /* "dense" (the dense kernel) or the pattern's description */
+    double index_ms;    /* index building (0 for the dense kernel) */
+    double attn_ms;     /* attention kernel */
+    double total_ms;    /* index + attention, medians of the whole sequence */
+    long long pairs;    /* (query, key) entries computed, all heads */
+    double density;     /* pairs / causal pairs */
+    double tflops;      /* 4 * d * pairs / attn time */
+    double tflops_total;/* 4 * d * pairs / total time */
+} krn_bench_row;
+
+/* Device name into buf. 0 ok. */
+int krn_bench_device(char *buf, int cap, eng_err *err);
+/* Bytes of GPU memory the run needs, and what is free now. */
+int krn_bench_memory(const krn_bench_cfg *c, double *need, double *free_bytes, eng_err *err);
+/* rows[0] is the dense kernel, rows[1 + i] pattern i through the sparse kernel. */
+int krn_bench_attention(const krn_bench_cfg *c, krn_bench_row *rows, eng_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

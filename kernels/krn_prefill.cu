@@ -1,0 +1,413 @@
+/* krn_prefill: the GPU prefill (see krn_prefill.h), layer by layer, readable top to bottom like
+ * engine/eng_cpu.c: embedding, RMSNorm, fused QKV projection (+ Qwen2 biases), rotate-half RoPE,
+ * causal GQA attention (dense kernel, or per-head patterns through GPU-built indexes and the sparse
+ * kernel), o_proj with the residual folded into the GEMM (beta = 1), SwiGLU MLP in row chunks,
+ * final norm, LM head in row chunks (argmax, next-token log-probs, last logits). Weights are
+ * uploaded once as bf16 (raw copy for bf16 files). Memory is estimated before any work and a
+ * model that does not fit is refused with the estimate. */
+#include "krn_prefill.h"
+
+#include "krn_attn.h"
+#include "krn_common.cuh"
+#include "krn_index.h"
+#include "krn_ops.h"
+
+#include <cublas_v2.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+extern "C" {
+#include "eng_cpu.h"
+#include "eng_pattern.h"
+}
+
+#define LM_ROWS 1024  /* LM-head rows per chunk: (LM_ROWS, V) f32 logits */
+#define MLP_ROWS 8192 /* MLP rows per chunk: (MLP_ROWS, 2F) + (MLP_ROWS, F) bf16 */
+
+namespace {
+
+typedef __nv_bfloat16 bf16;
+
+#define BLAS_TRY(stmt)                                                                      \
+    do {                                                                                    \
+        cublasStatus_t s_ = (stmt);                                                         \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                  \
+            eng_err_set(err, "%s:%d: %s: cuBLAS status %d", __FILE__, __LINE__, #stmt, (int)s_); \
+            goto fail;                                                                      \
+        }                                                                                   \
+    } while (0)
+
+double now_s() {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+struct dlayer {
+    bf16 *attn_norm, *wqkv, *bqkv, *wo, *ffn_norm, *wgu, *wdown;
+};
+
+/* Copy a tensor's elements [0, numel) to dst (bf16 device) at element offset off. */
+int upload(const eng_tensor *t, bf16 *dst, float *stage, size_t stage_elems, cudaStream_t st, eng_err *err) {
+    if (t->dtype == ENG_DT_BF16) {
+        CUDA_RET(cudaMemcpy(dst, t->data, (size_t)t->numel * 2, cudaMemcpyHostToDevice));
+        return 0;
+    }
+    float *h = (float *)malloc(stage_elems * sizeof(float));
+    if (!h) return eng_err_set(err, "out of host memory converting %s", t->name);
+    for (int64_t o = 0; o < t->numel; o += (int64_t)stage_elems) {
+        int64_t m = t->numel - o < (int64_t)stage_elems ? t->numel - o : (int64_t)stage_elems;
+        eng_tensor_to_f32(t, o, m, h);
+        cudaError_t e = cudaMemcpy(stage, h, (size_t)m * 4, cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) {
+            free(h);
+            return eng_err_set(err, "upload %s: %s", t->name, cudaGetErrorString(e));
+        }
+        if (krn_f32_to_bf16(stage, dst + o, (size_t)m, st, err)) {
+            free(h);
+            return -1;
+        }
+        e = cudaStreamSynchronize(st);
+        if (e != cudaSuccess) {
+            free(h);
+            return eng_err_set(err, "upload %s: %s", t->name, cudaGetErrorString(e));
+        }
+    }
+    free(h);
+    return 0;
+}
+
+/* Y (n, out) = X (n, in) W^T (+ beta Y); W (out, in) row-major, all bf16, f32 accumulate. */
+int linear(cublasHandle_t h, const bf16 *x, int n, int in, const bf16 *w, int out, float beta, bf16 *y, int ldy,
+           eng_err *err) {
+    const float one = 1.f;
+    cublasStatus_t s = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, w, CUDA_R_16BF, in, x, CUDA_R_16BF,
+                                    in, &beta, y, CUDA_R_16BF, ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS) return eng_err_set(err, "cuBLAS GEMM (%d x %d x %d): status %d", n, out, in, (int)s);
+    return 0;
+}
+
+/* Per LM-head row r (of nr, global row p0 + r): max / first argmax / log-sum-exp over the chunk's
+ * vocab slice, merged online into rmax/rsum/amv/am; the next token's logit into tgt. */
+__global__ void lm_rows(const float *logits, int nr, int nv, int v0, int p0, int n, const int *tokens, float *rmax,
+                        float *rsum, float *amv, int *am, float *tgt) {
+    const int r = blockIdx.x, i = p0 + r;
+    const float *row = logits + (size_t)r * nv;
+    __shared__ float sm[32];
+    __shared__ int si[32];
+    float mx = -INFINITY;
+    int ai = 0x7fffffff;
+    for (int c = threadIdx.x; c < nv; c += blockDim.x)
+        if (row[c] > mx) mx = row[c], ai = c;
+    for (int o = 16; o; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, mx, o);
+        int i2 = __shfl_xor_sync(0xffffffffu, ai, o);
+        if (m2 > mx || (m2 == mx && i2 < ai)) mx = m2, ai = i2;
+    }
+    if ((threadIdx.x & 31) == 0) sm[threadIdx.x >> 5] = mx, si[threadIdx.x >> 5] = ai;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)blockDim.x / 32; w++)
+            if (sm[w] > sm[0] || (sm[w] == sm[0] && si[w] < si[0])) sm[0] = sm[w], si[0] = si[w];
+    }
+    __syncthreads();
+    mx = sm[0];
+    ai = si[0];
+    __syncthreads();
+    float s = 0.f;
+    for (int c = threadIdx.x; c < nv; c += blockDim.x) s += expf(row[c] - mx);
+    for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) sm[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float t = 0.f;
+        for (int w = 0; w < (int)blockDim.x / 32; w++) t += sm[w];
+        if (mx > amv[i]) amv[i] = mx, am[i] = v0 + ai;
+        const float M = fmaxf(mx, rmax[i]);
+        rsum[i] = rsum[i] * expf(rmax[i] - M) + t * expf(mx - M);
+        rmax[i] = M;
+        if (i + 1 < n && tokens[i + 1] >= v0 && tokens[i + 1] < v0 + nv) tgt[i] = row[tokens[i + 1] - v0];
+    }
+}
+
+__global__ void init_rows(float *rmax, float *rsum, float *amv, float *tgt, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) rmax[i] = -INFINITY, rsum[i] = 0.f, amv[i] = -INFINITY, tgt[i] = 0.f;
+}
+
+/* Copy a strided (n, w) bf16 slice into host f32 (n, w) through device scratch (n*w f32). */
+int keep_slice(const bf16 *src, int n, int w, int stride, bf16 *tmp, float *tmpf, float *host, cudaStream_t st,
+               eng_err *err) {
+    CUDA_RET(cudaMemcpy2DAsync(tmp, (size_t)w * 2, src, (size_t)stride * 2, (size_t)w * 2, n, cudaMemcpyDeviceToDevice, st));
+    if (krn_bf16_to_f32(tmp, tmpf, (size_t)n * w, st, err)) return -1;
+    CUDA_RET(cudaMemcpyAsync(host, tmpf, (size_t)n * w * 4, cudaMemcpyDeviceToHost, st));
+    CUDA_RET(cudaStreamSynchronize(st));
+    return 0;
+}
+
+} /* namespace */
+
+extern "C" int krn_prefill_run(int dev, cudaStream_t st, const eng_model *m, const int *tokens, int n,
+                               const eng_prefill_opts *opts, eng_prefill_out *out, eng_err *err) {
+    memset(out, 0, sizeof *out);
+    const eng_config *c = &m->cfg;
+    const int C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size, L = c->n_layers;
+    const int H = c->n_heads, Hkv = c->n_kv_heads, d = c->head_dim, qd = H * d, kvd = Hkv * d, qkvd = qd + 2 * kvd;
+    const size_t N = (size_t)n;
+    const int keep_qkv = opts && opts->keep_qkv, keep_lse = opts && opts->keep_lse;
+    const eng_pattern_cfg *pc = opts ? opts->patterns : NULL;
+    const double t0 = now_s();
+    if (n < 1) return eng_err_set(err, "prefill needs at least one token (got %d)", n);
+    if (L < 1 || H < 1 || Hkv < 1 || H % Hkv || !m->layers || C < 1 || F < 1 || V < 1)
+        return eng_err_set(err, "%s: model shape not runnable", m->dir);
+    if (d != 64 && d != 128) return eng_err_set(err, "%s: head dim %d: the CUDA kernels support 64 and 128", m->dir, d);
+    if (c->sliding_window > 0 && n > c->sliding_window)
+        return eng_err_set(err, "%s: sliding-window attention (window %d) is not implemented", m->dir, c->sliding_window);
+    if (pc && (pc->n_layers != L || pc->n_heads != H))
+        return eng_err_set(err, "pattern config is for %d layers x %d heads, the model has %d x %d", pc->n_layers,
+                           pc->n_heads, L, H);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return eng_err_set(err, "token %d at position %d is outside the vocabulary [0, %d)", tokens[i], i, V);
+
+    /* ---- memory estimate (bytes) before any allocation ---- */
+    const size_t layer_w = (size_t)2 * C + (size_t)qkvd * C + (c->qkv_bias ? qkvd : 0) + (size_t)C * qd +
+                           (size_t)3 * F * C;
+    const int tied = c->tie_word_embeddings || m->lm_head.data == m->embed.data;
+    const size_t w_bytes = 2 * (layer_w * L + (size_t)V * C * (tied ? 1 : 2) + C);
+    const int mr = n < MLP_ROWS ? n : MLP_ROWS, lr = n < LM_ROWS ? n : LM_ROWS;
+    int mb = 0, mc = 0;
+    if (pc)
+        for (int l = 0; l < L; l++)
+            for (int h = 0; h < H; h++) {
+                int b, cc;
+                krn_index_capacity(eng_pattern_cfg_get(pc, l, h), n, &b, &cc);
+                mb = b > mb ? b : mb, mc = cc > mc ? cc : mc;
+            }
+    const size_t n_rb = (N + 63) / 64;
+    const size_t act = 2 * (2 * N * C + N * qkvd + N * qd) + 2 * (size_t)mr * 3 * F + 4 * (size_t)lr * V + 16 * N +
+                       4 * (size_t)H * N + (keep_qkv ? N * qd * 6 : 0);
+    const size_t ixb = pc ? 4 * (size_t)H * n_rb * (2 + mb + mc) + 4 * (size_t)H * 64 * N + 16 * (size_t)H * N : 0;
+    const size_t need = w_bytes + act + ixb + ((size_t)256 << 20);
+    size_t fr = 0, tot = 0;
+    CUDA_RET(cudaSetDevice(dev));
+    CUDA_RET(cudaMemGetInfo(&fr, &tot));
+    if (need > fr)
+        return eng_err_set(err,
+                           "%d-token prefill of %s needs about %.1f GiB of GPU memory (weights %.1f, activations "
+                           "%.1f, index %.1f); %.1f GiB free of %.1f",
+                           n, m->dir, need / 1073741824.0, w_bytes / 1073741824.0, act / 1073741824.0,
+                           ixb / 1073741824.0, fr / 1073741824.0, tot / 1073741824.0);
+
+    cublasHandle_t blas = nullptr;
+    krn_index_ws *ws = nullptr;
+    krn_index_dev ix = {};
+    dlayer *dl = (dlayer *)calloc((size_t)L, sizeof *dl);
+    bf16 *embed = nullptr, *lmw = nullptr, *fnorm = nullptr, *x = nullptr, *xn = nullptr, *qkv = nullptr, *att = nullptr;
+    bf16 *gu = nullptr, *hbuf = nullptr, *tmp = nullptr;
+    float *stage = nullptr, *inv = nullptr, *logits = nullptr, *rows = nullptr, *tmpf = nullptr, *lse_d = nullptr;
+    int *dtok = nullptr, *am = nullptr;
+    float *hinv = (float *)malloc(sizeof(float) * (size_t)d);
+    bf16 *scratch_out = nullptr;
+    const size_t stage_elems = (size_t)1 << 24;
+    int rc = -1, sparse_any = 0;
+    const eng_pattern **pat = (const eng_pattern **)calloc((size_t)H, sizeof *pat);
+    if (!dl || !hinv || !pat) {
+        eng_err_set(err, "out of host memory");
+        goto fail;
+    }
+    out->n = n, out->n_layers = L, out->n_heads = H, out->n_kv_heads = Hkv, out->head_dim = d, out->vocab = V;
+    out->last_logits = (float *)malloc(sizeof(float) * (size_t)V);
+    out->argmax = (int *)malloc(sizeof(int) * N);
+    out->next_logprob = (float *)malloc(sizeof(float) * (N > 1 ? N - 1 : 1));
+    out->attn_seconds = (double *)calloc((size_t)L, sizeof(double));
+    if (!out->last_logits || !out->argmax || !out->next_logprob || !out->attn_seconds) {
+        eng_err_set(err, "out of host memory for the prefill results");
+        goto fail;
+    }
+    if (keep_qkv) {
+        out->q = (float *)malloc(sizeof(float) * L * N * qd);
+        out->k = (float *)malloc(sizeof(float) * L * N * kvd);
+        out->v = (float *)malloc(sizeof(float) * L * N * kvd);
+        if (!out->q || !out->k || !out->v) {
+            eng_err_set(err, "out of host memory keeping Q/K/V (%.2f GB)", 4.0 * L * (double)N * (qd + 2.0 * kvd) / 1e9);
+            goto fail;
+        }
+    }
+    if (keep_lse && !(out->lse = (float *)malloc(sizeof(float) * L * (size_t)H * N))) {
+        eng_err_set(err, "out of host memory keeping the LSE");
+        goto fail;
+    }
+
+    /* ---- weights ---- */
+    BLAS_TRY(cublasCreate(&blas));
+    BLAS_TRY(cublasSetStream(blas, st));
+    CUDA_TRY(cudaMalloc((void **)&stage, stage_elems * 4));
+    CUDA_TRY(cudaMalloc((void **)&embed, (size_t)V * C * 2));
+    if (upload(&m->embed, embed, stage, stage_elems, st, err)) goto fail;
+    if (tied) lmw = embed;
+    else {
+        CUDA_TRY(cudaMalloc((void **)&lmw, (size_t)V * C * 2));
+        if (upload(&m->lm_head, lmw, stage, stage_elems, st, err)) goto fail;
+    }
+    CUDA_TRY(cudaMalloc((void **)&fnorm, (size_t)C * 2));
+    if (upload(&m->final_norm, fnorm, stage, stage_elems, st, err)) goto fail;
+    for (int l = 0; l < L; l++) {
+        const eng_layer_weights *w = &m->layers[l];
+        dlayer *D = &dl[l];
+        CUDA_TRY(cudaMalloc((void **)&D->attn_norm, (size_t)C * 2));
+        CUDA_TRY(cudaMalloc((void **)&D->ffn_norm, (size_t)C * 2));
+        CUDA_TRY(cudaMalloc((void **)&D->wqkv, (size_t)qkvd * C * 2));
+        CUDA_TRY(cudaMalloc((void **)&D->wo, (size_t)C * qd * 2));
+        CUDA_TRY(cudaMalloc((void **)&D->wgu, (size_t)2 * F * C * 2));
+        CUDA_TRY(cudaMalloc((void **)&D->wdown, (size_t)C * F * 2));
+        if (upload(&w->attn_norm, D->attn_norm, stage, stage_elems, st, err) ||
+            upload(&w->ffn_norm, D->ffn_norm, stage, stage_elems, st, err) ||
+            upload(&w->wq, D->wqkv, stage, stage_elems, st, err) ||
+            upload(&w->wk, D->wqkv + (size_t)qd * C, stage, stage_elems, st, err) ||
+            upload(&w->wv, D->wqkv + (size_t)(qd + kvd) * C, stage, stage_elems, st, err) ||
+            upload(&w->wo, D->wo, stage, stage_elems, st, err) ||
+            upload(&w->w_gate, D->wgu, stage, stage_elems, st, err) ||
+            upload(&w->w_up, D->wgu + (size_t)F * C, stage, stage_elems, st, err) ||
+            upload(&w->w_down, D->wdown, stage, stage_elems, st, err))
+            goto fail;
+        if (w->bq.data) {
+            CUDA_TRY(cudaMalloc((void **)&D->bqkv, (size_t)qkvd * 2));
+            if (upload(&w->bq, D->bqkv, stage, stage_elems, st, err) ||
+                upload(&w->bk, D->bqkv + qd, stage, stage_elems, st, err) ||
+                upload(&w->bv, D->bqkv + qd + kvd, stage, stage_elems, st, err))
+                goto fail;
+        }
+    }
+    eng_cpu_rope_freqs(c, d, hinv);
+    CUDA_TRY(cudaMalloc((void **)&inv, (size_t)d * 4));
+    CUDA_TRY(cudaMemcpy(inv, hinv, (size_t)d / 2 * 4, cudaMemcpyHostToDevice));
+
+    /* ---- activations ---- */
+    CUDA_TRY(cudaMalloc((void **)&x, N * C * 2));
+    CUDA_TRY(cudaMalloc((void **)&xn, N * C * 2));
+    CUDA_TRY(cudaMalloc((void **)&qkv, N * qkvd * 2));
+    CUDA_TRY(cudaMalloc((void **)&att, N * qd * 2));
+    CUDA_TRY(cudaMalloc((void **)&gu, (size_t)mr * 2 * F * 2));
+    CUDA_TRY(cudaMalloc((void **)&hbuf, (size_t)mr * F * 2));
+    CUDA_TRY(cudaMalloc((void **)&dtok, N * 4));
+    CUDA_TRY(cudaMalloc((void **)&lse_d, (size_t)H * N * 4));
+    CUDA_TRY(cudaMemcpy(dtok, tokens, N * 4, cudaMemcpyHostToDevice));
+    if (keep_qkv) {
+        CUDA_TRY(cudaMalloc((void **)&tmp, N * qd * 2));
+        CUDA_TRY(cudaMalloc((void **)&tmpf, N * qd * 4));
+    }
+    if (pc) {
+        if (krn_index_ws_create(&ws, err) || krn_index_dev_alloc(&ix, H, n, mb, mc, err)) goto fail;
+        if (keep_lse) CUDA_TRY(cudaMalloc((void **)&scratch_out, N * qd * 2));
+    }
+    if (krn_embed(embed, dtok, n, C, x, st, err)) goto fail;
+
+    for (int l = 0; l < L; l++) {
+        const dlayer *D = &dl[l];
+        if (opts && opts->progress) opts->progress(opts->progress_ctx, l, L);
+        if (krn_rmsnorm(x, D->attn_norm, n, C, c->rms_norm_eps, xn, st, err)) goto fail;
+        if (linear(blas, xn, n, C, D->wqkv, qkvd, 0.f, qkv, qkvd, err)) goto fail;
+        if (D->bqkv && krn_add_bias(qkv, D->bqkv, n, qkvd, st, err)) goto fail;
+        if (krn_rope(qkv, n, H, d, qkvd, 0, inv, st, err) || krn_rope(qkv + qd, n, Hkv, d, qkvd, 0, inv, st, err))
+            goto fail;
+        if (keep_qkv && (keep_slice(qkv, n, qd, qkvd, tmp, tmpf, out->q + (size_t)l * N * qd, st, err) ||
+                         keep_slice(qkv + qd, n, kvd, qkvd, tmp, tmpf, out->k + (size_t)l * N * kvd, st, err) ||
+                         keep_slice(qkv + qd + kvd, n, kvd, qkvd, tmp, tmpf, out->v + (size_t)l * N * kvd, st, err)))
+            goto fail;
+        CUDA_TRY(cudaStreamSynchronize(st));
+        const double ta = now_s();
+        krn_attn_args a = {n, H, Hkv, d, qkv, qkv + qd, qkv + qd + kvd, qkvd, qkvd, att, qd, lse_d};
+        sparse_any = 0;
+        for (int h = 0; h < H; h++) {
+            pat[h] = pc ? eng_pattern_cfg_get(pc, l, h) : NULL;
+            sparse_any |= pat[h] && pat[h]->kind != ENG_PAT_DENSE;
+        }
+        if (!sparse_any) {
+            if (krn_attn_dense(&a, 0, st, err)) goto fail;
+        } else {
+            for (int h = 0; h < H; h++)
+                if (krn_index_build(pat[h], &a, h, 1, &ix, ws, st, err)) goto fail;
+            if (keep_lse) { /* the kept LSE is the dense one: a dense pass into scratch */
+                krn_attn_args ad = a;
+                ad.out = scratch_out;
+                if (krn_attn_dense(&ad, 0, st, err)) goto fail;
+                a.lse = nullptr;
+            }
+            if (krn_attn_sparse(&a, &ix, st, err)) goto fail;
+        }
+        CUDA_TRY(cudaStreamSynchronize(st));
+        out->attn_seconds[l] = now_s() - ta;
+        if (keep_lse) CUDA_TRY(cudaMemcpy(out->lse + (size_t)l * H * N, lse_d, (size_t)H * N * 4, cudaMemcpyDeviceToHost));
+        if (linear(blas, att, n, qd, D->wo, C, 1.f, x, C, err)) goto fail;
+        if (krn_rmsnorm(x, D->ffn_norm, n, C, c->rms_norm_eps, xn, st, err)) goto fail;
+        for (int r0 = 0; r0 < n; r0 += mr) {
+            const int nr = n - r0 < mr ? n - r0 : mr;
+            if (linear(blas, xn + (size_t)r0 * C, nr, C, D->wgu, 2 * F, 0.f, gu, 2 * F, err) ||
+                krn_swiglu(gu, nr, F, hbuf, st, err) ||
+                linear(blas, hbuf, nr, F, D->wdown, C, 1.f, x + (size_t)r0 * C, C, err))
+                goto fail;
+        }
+    }
+
+    /* ---- final norm, LM head in row chunks (f32 logits) ---- */
+    if (krn_rmsnorm(x, fnorm, n, C, c->rms_norm_eps, xn, st, err)) goto fail;
+    CUDA_TRY(cudaMalloc((void **)&logits, (size_t)lr * V * 4));
+    CUDA_TRY(cudaMalloc((void **)&rows, N * 4 * 4));
+    CUDA_TRY(cudaMalloc((void **)&am, N * 4));
+    {
+        float *rmax = rows, *rsum = rows + N, *amv = rows + 2 * N, *tgt = rows + 3 * N;
+        init_rows<<<(n + 255) / 256, 256, 0, st>>>(rmax, rsum, amv, tgt, n);
+        LAUNCH_TRY("init_rows");
+        const float one = 1.f, zero = 0.f;
+        for (int p0 = 0; p0 < n; p0 += lr) {
+            const int np = n - p0 < lr ? n - p0 : lr;
+            BLAS_TRY(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, V, np, C, &one, lmw, CUDA_R_16BF, C,
+                                  xn + (size_t)p0 * C, CUDA_R_16BF, C, &zero, logits, CUDA_R_32F, V, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+            lm_rows<<<np, 256, 0, st>>>(logits, np, V, 0, p0, n, dtok, rmax, rsum, amv, am, tgt);
+            LAUNCH_TRY("lm_rows");
+            if (p0 + np == n)
+                CUDA_TRY(cudaMemcpyAsync(out->last_logits, logits + (size_t)(np - 1) * V, (size_t)V * 4,
+                                         cudaMemcpyDeviceToHost, st));
+        }
+        float *h = (float *)malloc(N * 4 * 4);
+        if (!h) {
+            eng_err_set(err, "out of host memory");
+            goto fail;
+        }
+        cudaError_t e1 = cudaMemcpyAsync(h, rows, N * 16, cudaMemcpyDeviceToHost, st);
+        cudaError_t e2 = cudaMemcpyAsync(out->argmax, am, N * 4, cudaMemcpyDeviceToHost, st);
+        cudaError_t e3 = cudaStreamSynchronize(st);
+        if (e1 != cudaSuccess || e2 != cudaSuccess || e3 != cudaSuccess) {
+            free(h);
+            eng_err_set(err, "LM head results: %s", cudaGetErrorString(e1 != cudaSuccess ? e1 : e2 != cudaSuccess ? e2 : e3));
+            goto fail;
+        }
+        for (int i = 0; i + 1 < n; i++) out->next_logprob[i] = h[3 * N + i] - (h[i] + logf(h[N + i]));
+        free(h);
+    }
+    out->seconds = now_s() - t0;
+    rc = 0;
+fail:
+    if (blas) cublasDestroy(blas);
+    krn_index_ws_free(ws);
+    krn_index_dev_free(&ix);
+    if (dl)
+        for (int l = 0; l < L; l++) {
+            cudaFree(dl[l].attn_norm), cudaFree(dl[l].ffn_norm), cudaFree(dl[l].wqkv), cudaFree(dl[l].bqkv);
+            cudaFree(dl[l].wo), cudaFree(dl[l].wgu), cudaFree(dl[l].wdown);
+        }
+    free(dl);
+    if (lmw != embed) cudaFree(lmw);
+    cudaFree(embed), cudaFree(fnorm), cudaFree(x), cudaFree(xn), cudaFree(qkv), cudaFree(att), cudaFree(gu);
+    cudaFree(hbuf), cudaFree(tmp), cudaFree(stage), cudaFree(inv), cudaFree(logits), cudaFree(rows);
+    cudaFree(tmpf), cudaFree(lse_d), cudaFree(dtok), cudaFree(am), cudaFree(scratch_out);
+    free(hinv);
+    free(pat);
+    if (rc) eng_prefill_out_free(out);
+    return rc;
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# `make run`: opens the explorer on the shipped sample model (samples/models/*, else the tiny test
+# model tests/fixtures/tiny-llama) with the long sample prompt when stdout is a terminal; otherwise
+# (CI, pipes) runs `attnscope run` on the same model and prompt and prints its report.
+set -euo pipefail
+bin=${1:?usage: tools/run_sample.sh PATH/TO/attnscope}
+cd "$(dirname "$0")/.."
+model=
+for d in samples/models/*/; do
+    [ -f "$d/config.json" ] && { model=${d%/}; break; }
+done
+[ -n "$model" ] || model=tests/fixtures/tiny-llama
+prompt=
+for p in samples/prompts/haystack.txt samples/prompts/long.txt samples/prompts/passkey.txt; do
+    [ -f "$p" ] && { prompt=$p; break; }
+done
+if [ ! -f "$model/config.json" ] || [ -z "$prompt" ]; then
+    echo "run_sample: no sample model or prompt found (samples/models/*, tests/fixtures/tiny-llama, samples/prompts/)" >&2
+    exit 1
+fi
+if [ -t 0 ] && [ -t 1 ]; then
+    exec "$bin" tui --model "$model" --prompt "$prompt"
+fi
+exec "$bin" run --model "$model" --prompt "$prompt"
