@@ -35,5 +35,9 @@ int cmd_run(int argc, char **argv);
 int cmd_tui(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_map(int argc, char **argv);
+int cmd_grid(int argc, char **argv);
+int cmd_diff(int argc, char **argv);
+int cmd_search(int argc, char **argv);
 
 #endif

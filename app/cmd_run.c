@@ -12,7 +12,9 @@
 #include "cli.h"
 #include "eng_backend.h"
 #include "eng_model.h"
+#include "cli_report.h"
 #include "eng_patcfg.h"
+#include "eng_report.h"
 #include "eng_tok.h"
 
 #define PROMPT_MAX_BYTES (64u << 20)
@@ -134,7 +136,8 @@ static int write_logits(const char *path, const float *logits, int V) {
 static cJSON *json_num(double x) { return isfinite(x) ? cJSON_CreateNumber(x) : cJSON_CreateNull(); }
 
 static int write_report(const char *path, const eng_model *m, const eng_backend *be, const eng_prefill_out *o,
-                        const top_tok *top, int ntop, const eng_tokenizer *tok, const char *patterns) {
+                        const top_tok *top, int ntop, const eng_tokenizer *tok, const char *patterns,
+                        const eng_report *rep) {
     cJSON *r = cJSON_CreateObject();
     cJSON_AddStringToObject(r, "command", cli_cmdline);
     cJSON_AddStringToObject(r, "model", m->dir);
@@ -147,6 +150,7 @@ static int write_report(const char *path, const eng_model *m, const eng_backend 
         cJSON_AddStringToObject(r, "patterns", patterns);
     else
         cJSON_AddNullToObject(r, "patterns");
+    if (rep) cJSON_AddItemToObject(r, "pattern_report", eng_report_to_json(rep)); /* every per-head number */
     cJSON_AddNumberToObject(r, "n_tokens", o->n);
     cJSON_AddItemToObject(r, "seconds", json_num(o->seconds));
     cJSON_AddItemToObject(r, "tokens_per_second", json_num(o->n / o->seconds));
@@ -253,6 +257,8 @@ int cmd_run(int argc, char **argv) {
     memset(&out, 0, sizeof out);
     eng_patcfg pcfg;
     memset(&pcfg, 0, sizeof pcfg);
+    eng_report rep;
+    memset(&rep, 0, sizeof rep);
 
     if (eng_model_load(&m, model_dir, &err)) {
         cli_error("run", "%s", err.msg);
@@ -292,7 +298,10 @@ int cmd_run(int argc, char **argv) {
         goto done;
     }
     eng_prefill_opts po = {.patterns = patterns ? &pcfg.cfg : NULL};
-    if (be->prefill(be, m, ids, n, &po, &out, &err)) {
+    /* --patterns: dense + sparse prefill and per-head metrics; out is the sparse prefill. */
+    eng_report_opts ro = {.progress = cli_report_progress};
+    if (patterns ? eng_report_run(be, m, ids, n, &pcfg.cfg, &ro, &rep, &out, &err)
+                 : be->prefill(be, m, ids, n, &po, &out, &err)) {
         cli_error("run", "prefill: %s", err.msg);
         goto done;
     }
@@ -305,7 +314,10 @@ int cmd_run(int argc, char **argv) {
            (double)m->n_params / 1e6);
     printf("backend:  %s - %s\n", be->name, be->device);
     printf("tokens:   %d\n", n);
-    printf("time:     %.3f s (%.0f tokens/s; attention %.3f s)\n", out.seconds, n / out.seconds, at);
+    if (out.seconds >= 0.1)
+        printf("time:     %.3f s (%.0f tokens/s; attention %.3f s)\n", out.seconds, n / out.seconds, at);
+    else
+        printf("time:     %.3f ms (%.0f tokens/s; attention %.3f ms)\n", out.seconds * 1e3, n / out.seconds, at * 1e3);
     if (n > 1) printf("prompt:   mean NLL %.4f nats, perplexity %.3f\n", prompt_nll(&out), exp(prompt_nll(&out)));
     printf("next token (top %d):\n", ntop);
     for (int i = 0; i < ntop; i++) {
@@ -314,16 +326,17 @@ int cmd_run(int argc, char **argv) {
         putchar('\n');
     }
     if (patterns) printf("patterns: %s (sparse prefill)\n", patterns);
-    /* The --patterns metrics table (sparse vs dense per layer, eng_report.h) belongs here. */
+    if (patterns) cli_report_print(stdout, &rep);
 
     rc = 0;
     if (logits_out && write_logits(logits_out, out.last_logits, out.vocab)) rc = 1;
-    if (json && write_report(json, m, be, &out, top, ntop, tok, patterns)) rc = 1;
+    if (json && write_report(json, m, be, &out, top, ntop, tok, patterns, patterns ? &rep : NULL)) rc = 1;
 done:
     eng_prefill_out_free(&out);
     if (be) be->destroy(be);
     eng_tok_free(tok);
     eng_patcfg_free(&pcfg);
+    eng_report_free(&rep);
     eng_model_free(m);
     free(ids);
     free(buf);

@@ -11,6 +11,10 @@ const cli_command cli_commands[] = {
     {"tui", cmd_tui, "the interactive explorer (default: the shipped sample model and prompt)"},
     {"tokenize", cmd_tokenize, "print the token ids and texts of a prompt (tokenizer.json, GGUF, bytes)"},
     {"bench", cmd_bench, "time the GPU attention kernels: dense vs sparse patterns (incl. index build)"},
+    {"map", cmd_map, "one head's attention map (pooled, never N x N) as PNG or on the terminal"},
+    {"grid", cmd_grid, "every head of a layer, labelled with its pattern, on one scale"},
+    {"diff", cmd_diff, "dense | sparse | difference of one head on one scale"},
+    {"search", cmd_search, "per-head pattern search on a prompt: winners + every candidate's score"},
     {NULL, NULL, NULL},
 };
 

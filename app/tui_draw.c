@@ -393,7 +393,7 @@ static void draw_teach(const tui_layout *l, const tui_state *s, const eng_snapsh
     if (!fresh || !t->valid) {
         const char *why = !snap || !snap->ready ? "waiting for the prefill..."
                         : !fresh ? "computing..."
-                        : "the teach view explains vertical-slash heads: pick one (or press p until 'vs')";
+                        : "teach explains vertical-slash heads (p cycles patterns)";
         put(a->y + a->h / 2, m->x + 2, m->w - 4, R_DIM, "%s", why);
         return;
     }
@@ -442,15 +442,15 @@ static void draw_teach(const tui_layout *l, const tui_state *s, const eng_snapsh
         break;
     }
     case 3:
-        put(a->y, tx, tw, R_NONE, "the chosen lines over the whole prompt: %d verticals (cyan |), %d slashes (magenta \\)",
-            t->n_vert, t->n_slash);
+        put(a->y, tx, tw, R_NONE, "chosen lines: %d verticals %s, %d slashes %s", t->n_vert,
+            g_mode >= TUI_COLOR_256 ? "(cyan)" : "(|)", t->n_slash, g_mode >= TUI_COLOR_256 ? "(magenta)" : "(\\)");
         put(a->y + 1, tx, tw, R_DIM, "%d tokens per cell column, 2 pixel rows per cell row", t->tpc);
         draw_cat_grid(&g, g.y, t, t->lines, 1);
         break;
     default:
-        put(a->y, tx, tw, R_NONE, "index: %d row blocks, %lld key blocks (blue #), %lld gathered columns (orange :)",
-            t->n_rb, t->n_ranges, t->n_columns);
-        put(a->y + 1, tx, tw, R_DIM, "slashes merged into 64-wide key ranges per 64-query block; verticals left of them gathered");
+        put(a->y, tx, tw, R_NONE, "%d row blocks: %lld key blocks %s, %lld columns %s", t->n_rb, t->n_ranges,
+            g_mode >= TUI_COLOR_256 ? "(blue)" : "(#)", t->n_columns, g_mode >= TUI_COLOR_256 ? "(orange)" : "(:)");
+        put(a->y + 1, tx, tw, R_DIM, "slashes -> 64-key ranges per 64-query block; verticals left of them -> columns");
         draw_cat_grid(&g, g.y, t, t->kind, 0);
         break;
     }

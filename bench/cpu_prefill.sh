@@ -27,10 +27,9 @@ PY
 "$bin" info --model "$dir" | head -n 8 || true
 best=
 for i in $(seq "$runs"); do
-    out=$("$bin" run --model "$dir" --prompt "$prompt" --backend cpu)
-    t=$(printf '%s\n' "$out" | sed -n 's/^time: *\([0-9.]*\) s.*/\1/p')
-    tok=$(printf '%s\n' "$out" | sed -n 's/^tokens: *\([0-9]*\).*/\1/p')
-    echo "run $i: $tok tokens, prefill $t s  ($(printf '%s\n' "$out" | sed -n 's/^time: *//p'))"
+    "$bin" run --model "$dir" --prompt "$prompt" --backend cpu --json "$dir/run.json" >/dev/null
+    read -r tok t at < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["n_tokens"], "%.3f" % r["seconds"], "%.3f" % r["attn_seconds_total"])' "$dir/run.json")
+    echo "run $i: $tok tokens, prefill $t s (attention $at s)"
     if [ -z "$best" ] || awk "BEGIN{exit !($t < $best)}"; then best=$t; fi
 done
 echo "cpu_prefill: best of $runs: $best s for $tok tokens (target <= 2 s) on $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"

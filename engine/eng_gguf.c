@@ -827,6 +827,9 @@ eng_tokenizer *eng_gguf_tokenizer(const eng_gguf *g, const char *what, eng_err *
     sp.eos = (int)eos;
     sp.add_bos = (int)add_bos;
     sp.add_space_prefix = (int)add_space;
+    /* as llama.cpp for llama-bpe; NFC as Qwen2's tokenizer.json (llama.cpp skips it, HF does not) */
+    sp.ignore_merges = !strcmp(pre, "llama-bpe") || !strcmp(pre, "llama3");
+    sp.nfc = !strcmp(pre, "qwen2");
     t = eng_tok_from_spec(&sp, err);
 done:
     free(toks);

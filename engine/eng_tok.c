@@ -1465,17 +1465,23 @@ eng_tokenizer *eng_tok_from_spec(const eng_tok_spec *sp, eng_err *err) {
         goto fail;
     }
     /* the normaliser / pre-tokeniser llama.cpp applies for this vocabulary type */
+    t->ignore_merges = sp->ignore_merges;
+    if (sp->nfc) t->norm[t->nnorm++].type = NORM_NFC;
     if (sp->kind == ENG_TOK_BPE_SPM) {
-        pre_op *op = &t->pre[t->npre++];
-        op->type = PRE_METASPACE;
-        op->str = memdup0("\xe2\x96\x81", 3);
-        op->slen = 3;
-        op->prepend_scheme = sp->add_space_prefix ? PREPEND_FIRST : PREPEND_NEVER;
-        op->split = 0;
-        if (!op->str) {
+        /* llama.cpp: a space before the first segment and before each segment after a special
+         * token, then spaces -> "▁" = HF's legacy Sequence[Prepend("▁"), Replace(" ", "▁")] */
+        norm_op *pp = &t->norm[t->nnorm++], *rp = &t->norm[t->nnorm++];
+        pp->type = NORM_PREPEND;
+        rp->type = NORM_REPLACE;
+        pp->a = memdup0("\xe2\x96\x81", 3);
+        rp->a = memdup0(" ", 1);
+        rp->b = memdup0("\xe2\x96\x81", 3);
+        pp->alen = 3, rp->alen = 1, rp->blen = 3;
+        if (!pp->a || !rp->a || !rp->b) {
             eng_err_set(err, "%s: out of memory", what);
             goto fail;
         }
+        if (!sp->add_space_prefix) pp->alen = 0;
         t->strip_left = sp->add_space_prefix ? 1 : 0;
     } else {
         pre_op *op = &t->pre[t->npre++];

@@ -85,7 +85,9 @@ typedef struct {
     const char *pre_regex;             /* byte-level split pattern; NULL = GPT-2's */
     int bos, eos;                      /* -1 = none */
     int add_bos;                       /* add_bos in eng_tok_encode prepends bos */
-    int add_space_prefix;              /* SPM: "▁" before the text (llama.cpp's default) */
+    int add_space_prefix;              /* SPM: "▁" before each text segment (llama.cpp's default) */
+    int ignore_merges;                 /* a word already in the vocabulary is one token (Llama-3) */
+    int nfc;                           /* NFC-normalise text first (Qwen2's tokenizer.json does) */
 } eng_tok_spec;
 eng_tokenizer *eng_tok_from_spec(const eng_tok_spec *spec, eng_err *err);
 /* Split pattern for GGUF's tokenizer.ggml.pre ("llama-bpe", "qwen2", "default", ...) or NULL

@@ -52,8 +52,11 @@ struct dlayer {
 
 /* Copy a tensor's elements [0, numel) to dst (bf16 device) at element offset off. */
 int upload(const eng_tensor *t, bf16 *dst, float *stage, size_t stage_elems, cudaStream_t st, eng_err *err) {
+    /* Every copy is ordered on st (a non-blocking stream: a plain cudaMemcpy from pageable memory
+     * may still be in flight when st's kernels read the destination). */
     if (t->dtype == ENG_DT_BF16) {
-        CUDA_RET(cudaMemcpy(dst, t->data, (size_t)t->numel * 2, cudaMemcpyHostToDevice));
+        CUDA_RET(cudaMemcpyAsync(dst, t->data, (size_t)t->numel * 2, cudaMemcpyHostToDevice, st));
+        CUDA_RET(cudaStreamSynchronize(st));
         return 0;
     }
     float *h = (float *)malloc(stage_elems * sizeof(float));
@@ -61,7 +64,7 @@ int upload(const eng_tensor *t, bf16 *dst, float *stage, size_t stage_elems, cud
     for (int64_t o = 0; o < t->numel; o += (int64_t)stage_elems) {
         int64_t m = t->numel - o < (int64_t)stage_elems ? t->numel - o : (int64_t)stage_elems;
         eng_tensor_to_f32(t, o, m, h);
-        cudaError_t e = cudaMemcpy(stage, h, (size_t)m * 4, cudaMemcpyHostToDevice);
+        cudaError_t e = cudaMemcpyAsync(stage, h, (size_t)m * 4, cudaMemcpyHostToDevice, st);
         if (e != cudaSuccess) {
             free(h);
             return eng_err_set(err, "upload %s: %s", t->name, cudaGetErrorString(e));
@@ -284,7 +287,7 @@ extern "C" int krn_prefill_run(int dev, cudaStream_t st, const eng_model *m, con
     }
     eng_cpu_rope_freqs(c, d, hinv);
     CUDA_TRY(cudaMalloc((void **)&inv, (size_t)d * 4));
-    CUDA_TRY(cudaMemcpy(inv, hinv, (size_t)d / 2 * 4, cudaMemcpyHostToDevice));
+    CUDA_TRY(cudaMemcpyAsync(inv, hinv, (size_t)d / 2 * 4, cudaMemcpyHostToDevice, st));
 
     /* ---- activations ---- */
     CUDA_TRY(cudaMalloc((void **)&x, N * C * 2));
@@ -295,7 +298,8 @@ extern "C" int krn_prefill_run(int dev, cudaStream_t st, const eng_model *m, con
     CUDA_TRY(cudaMalloc((void **)&hbuf, (size_t)mr * F * 2));
     CUDA_TRY(cudaMalloc((void **)&dtok, N * 4));
     CUDA_TRY(cudaMalloc((void **)&lse_d, (size_t)H * N * 4));
-    CUDA_TRY(cudaMemcpy(dtok, tokens, N * 4, cudaMemcpyHostToDevice));
+    CUDA_TRY(cudaMemcpyAsync(dtok, tokens, N * 4, cudaMemcpyHostToDevice, st));
+    CUDA_TRY(cudaStreamSynchronize(st));
     if (keep_qkv) {
         CUDA_TRY(cudaMalloc((void **)&tmp, N * qd * 2));
         CUDA_TRY(cudaMalloc((void **)&tmpf, N * qd * 4));
@@ -341,7 +345,10 @@ extern "C" int krn_prefill_run(int dev, cudaStream_t st, const eng_model *m, con
         }
         CUDA_TRY(cudaStreamSynchronize(st));
         out->attn_seconds[l] = now_s() - ta;
-        if (keep_lse) CUDA_TRY(cudaMemcpy(out->lse + (size_t)l * H * N, lse_d, (size_t)H * N * 4, cudaMemcpyDeviceToHost));
+        if (keep_lse) {
+            CUDA_TRY(cudaMemcpyAsync(out->lse + (size_t)l * H * N, lse_d, (size_t)H * N * 4, cudaMemcpyDeviceToHost, st));
+            CUDA_TRY(cudaStreamSynchronize(st));
+        }
         if (linear(blas, att, n, qd, D->wo, C, 1.f, x, C, err)) goto fail;
         if (krn_rmsnorm(x, D->ffn_norm, n, C, c->rms_norm_eps, xn, st, err)) goto fail;
         for (int r0 = 0; r0 < n; r0 += mr) {

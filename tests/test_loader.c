@@ -18,10 +18,12 @@
 /* ------------------------------------------------------------------ helpers */
 
 static char *slurp(const char *path, size_t *len) {
+    if (len) *len = 0;
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
+    if (n < 0) n = 0;
     fseek(f, 0, SEEK_SET);
     char *b = malloc((size_t)n + 1);
     size_t got = fread(b, 1, (size_t)n, f);
@@ -61,7 +63,7 @@ static void tmp_copy(char *dir, const char *fix) {
         char src[600], dst[600];
         snprintf(src, sizeof src, FIX "%s/%s", fix, files[i]);
         snprintf(dst, sizeof dst, "%s/%s", dir, files[i]);
-        size_t n;
+        size_t n = 0;
         char *b = slurp(src, &n);
         assert_non_null(b);
         spit(dst, b, n);
@@ -88,7 +90,7 @@ typedef void (*hdr_edit)(cJSON *root);
 static void rewrite_header(const char *dir, hdr_edit edit) {
     char p[600];
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
-    size_t n;
+    size_t n = 0;
     unsigned char *b = (unsigned char *)slurp(p, &n);
     uint64_t hl = 0;
     for (int i = 7; i >= 0; i--) hl = hl << 8 | b[i];
@@ -236,7 +238,7 @@ static void test_load_tiny_llama(void **state) {
     assert_int_equal(mapped_from(m->layers[1].w_down.data, "tiny-llama/model.safetensors"), 1);
     assert_int_equal(mapped_from(m->embed.data, "tiny-llama/model.safetensors"), 1);
     /* The first embedding element equals the file's first data bytes. */
-    size_t n;
+    size_t n = 0;
     unsigned char *b = (unsigned char *)slurp(FIX "tiny-llama/model.safetensors", &n);
     uint64_t hl = 0;
     for (int i = 7; i >= 0; i--) hl = hl << 8 | b[i];
@@ -557,7 +559,7 @@ static void test_bad_shapes_and_dtypes(void **state) {
 static void test_bad_bytes(void **state) {
     (void)state;
     char dir[64], p[600];
-    size_t n;
+    size_t n = 0;
     tmp_copy(dir, "tiny-llama");
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
     unsigned char *orig = (unsigned char *)slurp(p, &n);
@@ -663,7 +665,7 @@ static void shard_case(const char *from, const char *to, const char *n1, const c
                            "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"};
     for (int i = 0; i < 5; i++) {
         char src[600], dst[600];
-        size_t n;
+        size_t n = 0;
         snprintf(src, sizeof src, FIX "tiny-llama-bf16-sharded/%s", files[i]);
         snprintf(dst, sizeof dst, "%s/%s", dir, files[i]);
         char *b = slurp(src, &n);

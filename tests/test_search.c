@@ -4,6 +4,8 @@
  * search must run on a tiny checkpoint and export to MInference's format. */
 #include "test_util.h"
 
+#include <sys/wait.h>
+
 #include "eng_backend.h"
 #include "eng_model.h"
 #include "eng_patcfg.h"
@@ -298,6 +300,58 @@ static void test_search_run_tiny_model(void **state) {
     eng_model_free(m);
 }
 
+/* The CLI: search writes both formats; run --patterns reads them and prints the report; bad
+ * input gets exit code 2 and a message naming the problem. */
+static int sh(const char *cmd, char *out, size_t cap) {
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_cli(void **state) {
+    (void)state;
+    struct stat st;
+    if (stat(tu_bin(), &st) || stat("tests/fixtures/tiny-llama/config.json", &st)) skip();
+    char cmd[2048], out[16384], toks[1200] = "";
+    for (int i = 0; i < 200; i++) snprintf(toks + strlen(toks), sizeof toks - strlen(toks), "%s%d", i ? "," : "", (i * 37) % 256);
+    char dir[] = "/tmp/attnscope-search-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    snprintf(cmd, sizeof cmd, "%s search --model tests/fixtures/tiny-llama --tokens %s --out %s/n.json "
+             "--minference-out %s/m.json --objective recall 2>&1", tu_bin(), toks, dir, dir);
+    assert_int_equal(sh(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "objective recall"));
+    assert_non_null(strstr(out, "bs(topk="));
+    for (int f = 0; f < 2; f++) {
+        snprintf(cmd, sizeof cmd, "%s run --model tests/fixtures/tiny-llama --tokens %s --patterns %s/%s --json %s/r.json 2>&1",
+                 tu_bin(), toks, dir, f ? "m.json" : "n.json", dir);
+        assert_int_equal(sh(cmd, out, sizeof out), 0);
+        assert_non_null(strstr(out, "sparse vs dense, per layer"));
+        assert_non_null(strstr(out, "KL(dense || sparse)"));
+        assert_non_null(strstr(out, "top-1 agreement"));
+    }
+    snprintf(cmd, sizeof cmd, "grep -c '\"min_recall\"' %s/r.json", dir);
+    assert_int_equal(sh(cmd, out, sizeof out), 0);
+    assert_int_equal(atoi(out), 8); /* 2 layers x 4 heads */
+    /* bad input */
+    snprintf(cmd, sizeof cmd, "%s search --model tests/fixtures/tiny-llama --tokens 1,2 --out %s/x.json --objective best 2>&1",
+             tu_bin(), dir);
+    assert_int_equal(sh(cmd, out, sizeof out), 2);
+    assert_non_null(strstr(out, "--objective"));
+    snprintf(cmd, sizeof cmd, "printf '[{\"pattern\": \"vs\", \"vert\": 1}]' > %s/c.json && %s search --model "
+             "tests/fixtures/tiny-llama --tokens 1,2 --out %s/x.json --candidates %s/c.json 2>&1", dir, tu_bin(), dir, dir);
+    assert_int_equal(sh(cmd, out, sizeof out), 2);
+    assert_non_null(strstr(out, "candidates[0]: vert"));
+    snprintf(cmd, sizeof cmd, "printf '[{\"0\": [\"vertical_and_slash\", 1, 2, 3]}, {\"9\": [\"stream_llm\", 1, 2, 3]}]' > "
+             "%s/b.json && %s run --model tests/fixtures/tiny-llama --tokens 1,2 --patterns %s/b.json 2>&1", dir, tu_bin(), dir);
+    assert_int_not_equal(sh(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "layer 1 head 9"));
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_scaling),
@@ -308,6 +362,7 @@ int main(void) {
         cmocka_unit_test(test_search_finds_blocks),
         cmocka_unit_test(test_candidates_file),
         cmocka_unit_test(test_search_run_tiny_model),
+        cmocka_unit_test(test_cli),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,4 +21,9 @@ fi
 if [ -t 0 ] && [ -t 1 ]; then
     exec "$bin" tui --model "$model" --prompt "$prompt"
 fi
-exec "$bin" run --model "$model" --prompt "$prompt"
+# the report covers what the explorer shows: the prompt cut to the model's trained context
+maxpos=$(grep -o '"max_position_embeddings"[^,}]*' "$model/config.json" | grep -o '[0-9]*' | head -1)
+tmp=$(mktemp)
+trap 'rm -f "$tmp"' EXIT
+head -c "$(( ${maxpos:-4096} - 1 ))" "$prompt" > "$tmp"
+"$bin" run --model "$model" --prompt "$tmp"

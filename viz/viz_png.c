@@ -263,7 +263,7 @@ static void draw_overlay(viz_canvas *c, const viz_panel *p, int ox, int oy) {
             for (int x = 0; x < p->w; x++) {
                 float fr = p->computed[(size_t)y * (size_t)p->w + (size_t)x];
                 if (isnan(fr) || fr >= 1.0f) continue;
-                viz_canvas_blend(c, ox + x, oy + y, SKIP, 0.75f * (1.0f - (fr < 0 ? 0 : fr)));
+                viz_canvas_blend(c, ox + x, oy + y, SKIP, 0.6f * (1.0f - (fr < 0 ? 0 : fr)));
             }
     }
     int nk = p->k1 - p->k0, nq = p->q1 - p->q0;
@@ -281,22 +281,43 @@ static void draw_overlay(viz_canvas *c, const viz_panel *p, int ox, int oy) {
             viz_canvas_line(c, x, oy + (int)lrintf(ypix(p, (double)qs)), x, oy + p->h - 1, WHITE, 0.25f);
         }
     }
+    /* Lines that land on the same pixel column (or diagonal) are drawn once, so a run of
+     * adjacent lines reads as one band instead of piling up opacity. */
+    /* More than 32 distinct lines of a kind form solid bands that hide the map; the coverage
+     * wash already shows them, so such line sets are not drawn. */
+    int nvx = 0, nsx = 0, lx = INT_MIN, lo_ = INT_MIN;
     for (int i = 0; i < p->n_verticals; i++) {
+        int v = (int)floorf(xpix(p, p->verticals[i] + 0.5));
+        if (p->verticals[i] >= p->k0 && p->verticals[i] < p->k1 && v != lx) { nvx++; lx = v; }
+    }
+    for (int i = 0; i < p->n_slashes; i++) {
+        int v = (int)floor((double)p->slashes[i] * p->w / nk);
+        if (v != lo_) { nsx++; lo_ = v; }
+    }
+    int last_x = INT_MIN;
+    for (int i = 0; i < (nvx <= 32 ? p->n_verticals : 0); i++) {
         int k = p->verticals[i];
         if (k < p->k0 || k >= p->k1) continue;
+        int px_ = (int)floorf(xpix(p, k + 0.5));
+        if (px_ == last_x) continue;
+        last_x = px_;
         long qs = k > p->q0 ? k : p->q0;
         if (qs >= p->q1) continue;
         int x = ox + (int)floorf(xpix(p, k + 0.5));
-        viz_canvas_line(c, x, oy + (int)floorf(ypix(p, (double)qs)), x, oy + p->h - 1, VERT, 0.8f);
+        viz_canvas_line(c, x, oy + (int)floorf(ypix(p, (double)qs)), x, oy + p->h - 1, VERT, 0.6f);
     }
-    for (int i = 0; i < p->n_slashes; i++) {
+    int last_o = INT_MIN;
+    for (int i = 0; i < (nsx <= 32 ? p->n_slashes : 0); i++) {
         long o = p->slashes[i];
+        int po = (int)floor((double)o * p->w / nk);
+        if (po == last_o) continue;
+        last_o = po;
         long ka = p->k0 > p->q0 - o ? p->k0 : p->q0 - o;
         long kb = p->k1 < p->q1 - o ? p->k1 : p->q1 - o; /* exclusive */
         if (o < 0 || ka >= kb) continue;
         int x0 = ox + (int)floorf(xpix(p, ka + 0.5)), y0 = oy + (int)floorf(ypix(p, ka + o + 0.5));
         int x1 = ox + (int)floorf(xpix(p, kb - 0.5)), y1 = oy + (int)floorf(ypix(p, kb - 1 + o + 0.5));
-        viz_canvas_line(c, x0, y0, x1, y1, SLASH, 0.8f);
+        viz_canvas_line(c, x0, y0, x1, y1, SLASH, 0.6f);
     }
 }
 

@@ -49,7 +49,7 @@ typedef struct {
     const int *verticals;  /* key positions drawn as vertical lines from the diagonal down */
     int n_verticals;
     const int *slashes;    /* diagonal offsets q - k >= 0 drawn as slash lines */
-    int n_slashes;
+    int n_slashes;         /* (a kind with more than 32 distinct pixel lines is not drawn: bands) */
     int block;             /* > 0: block grid every `block` tokens (64) where it is >= 4 px apart */
 } viz_panel;
 

@@ -1,0 +1,505 @@
+/* cmd_map: `attnscope map` (one head's attention map), `attnscope grid` (every head of a layer,
+ * each labelled with its pattern) and `attnscope diff` (dense | sparse | difference on one scale),
+ * as PNG (--out) or on the terminal (--term). Each runs one dense prefill that keeps Q, K and the
+ * row LSE, then pools maps with eng_map (never N x N) and draws them with viz/. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "eng_backend.h"
+#include "eng_map.h"
+#include "eng_model.h"
+#include "eng_patcfg.h"
+#include "eng_pattern.h"
+#include "eng_tok.h"
+#include "viz_color.h"
+#include "viz_png.h"
+#include "viz_term.h"
+
+#define PROMPT_MAX_BYTES (64u << 20)
+
+typedef enum { MODE_MAP = 0, MODE_GRID, MODE_DIFF } map_mode;
+static const char *const mode_name[] = {"map", "grid", "diff"};
+
+typedef struct {
+    map_mode mode;
+    const char *model_dir, *prompt, *text, *patterns, *out, *backend;
+    int layer, head;
+    const char *qr, *kr;          /* "A:B" as given */
+    int w, h;                     /* 0 = default */
+    eng_pool pool;
+    viz_cmap cmap;
+    viz_scale_kind scale;
+    float gamma;
+    int term, no_color, threads;
+} map_args;
+
+static void usage(FILE *f, map_mode m) {
+    const char *c = mode_name[m];
+    if (m == MODE_MAP)
+        fprintf(f, "usage: attnscope map --model DIR --prompt FILE --layer L --head H [--q A:B] [--k A:B]\n"
+                   "                     [--size WxH] [--pool max|mean] [--cmap NAME] [--scale linear|log|power]\n"
+                   "                     [--overlay CFG.json] (--out F.png | --term) [--no-color]\n\n"
+                   "One head's attention map: every pixel pools the exact causal softmax probabilities of its\n"
+                   "tile of (query, key) pairs (no N x N matrix is built).\n\n");
+    else if (m == MODE_GRID)
+        fprintf(f, "usage: attnscope grid --model DIR --prompt FILE --layer L [--patterns CFG.json] [--size WxH]\n"
+                   "                      [--q A:B] [--k A:B] [--pool ...] [--cmap ...] [--scale ...]\n"
+                   "                      (--out F.png | --term) [--no-color]\n\n"
+                   "Every head of one layer on one shared scale, each panel labelled with its pattern\n"
+                   "(from --patterns; dense when none is given).\n\n");
+    else
+        fprintf(f, "usage: attnscope diff --model DIR --prompt FILE --layer L --head H --patterns CFG.json\n"
+                   "                      [--q A:B] [--k A:B] [--size WxH] [--pool ...] [--cmap ...] [--scale ...]\n"
+                   "                      (--out F.png | --term) [--no-color]\n\n"
+                   "Dense | sparse | |dense - sparse| for one head on one shared scale. The sparse panel shows\n"
+                   "the probabilities the head's index computes (renormalised over them, as the sparse kernel\n"
+                   "does); the third panel is the absolute difference of the two pooled maps.\n\n");
+    fprintf(f, "  --model DIR        Hugging Face checkpoint directory (required)\n"
+               "  --prompt FILE      prompt text (encoded with the model's tokenizer, BOS first)\n"
+               "  --text STR         prompt text given inline instead of --prompt\n"
+               "  --layer L          layer (0-based)\n"
+               "%s"
+               "  --q A:B            query rows [A, B) (default all; either end may be left out)\n"
+               "  --k A:B            key columns [A, B) (default all)\n"
+               "  --size WxH         map size in pixels (default %s; up to 8192x8192)\n"
+               "  --pool max|mean    max (default) or mean of each tile's probabilities\n"
+               "  --cmap NAME        viridis (default), magma, cividis or gray\n"
+               "  --scale S          log (default), linear or power; --gamma G for power (default 0.5)\n"
+               "%s"
+               "  --out F.png        write a PNG (the command line is stored in it)\n"
+               "  --term             print to the terminal (half blocks; truecolor/256/ASCII)\n"
+               "  --no-color         ASCII ramp only (also when NO_COLOR is set)\n"
+               "  --backend B        auto (default), cpu or cuda: where the prefill runs\n"
+               "  --threads N        threads for pooling (default: all cores)\n"
+               "  -h, --help         this help\n",
+            m == MODE_GRID ? "" : "  --head H           query head (0-based)\n",
+            m == MODE_GRID ? "256x256 per head" : "512x512; terminal: its size",
+            m == MODE_MAP    ? "  --overlay CFG      draw the head's sparse index from a pattern config\n"
+            : m == MODE_GRID ? "  --patterns CFG     per-head pattern config (labels)\n"
+                             : "  --patterns CFG     per-head pattern config (required)\n");
+    (void)c;
+}
+
+/* "A:B" with either side optional -> [a, b) inside [0, n). */
+static int parse_range(const char *cmd, const char *flag, const char *s, int n, int *a, int *b) {
+    *a = 0;
+    *b = n;
+    if (!s) return 0;
+    const char *colon = strchr(s, ':');
+    if (!colon) {
+        cli_error(cmd, "%s: bad value '%s' (want A:B, e.g. 0:4096)", flag, s);
+        return -1;
+    }
+    char lo[32] = {0}, hi[32] = {0};
+    size_t la = (size_t)(colon - s), lb = strlen(colon + 1);
+    if (la >= sizeof lo || lb >= sizeof hi) {
+        cli_error(cmd, "%s: bad value '%s' (want A:B)", flag, s);
+        return -1;
+    }
+    memcpy(lo, s, la);
+    memcpy(hi, colon + 1, lb);
+    if ((la && cli_parse_int(cmd, flag, lo, 0, n, a)) || (lb && cli_parse_int(cmd, flag, hi, 0, n, b))) return -1;
+    if (*a >= *b) {
+        cli_error(cmd, "%s: empty range [%d, %d) (the prompt has %d tokens)", flag, *a, *b, n);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_size(const char *cmd, const char *s, int *w, int *h) {
+    const char *x = s ? strchr(s, 'x') : NULL;
+    char a[16] = {0};
+    if (!x || (size_t)(x - s) >= sizeof a || x == s) {
+        cli_error(cmd, "--size: bad value '%s' (want WxH, e.g. 512x512)", s ? s : "");
+        return -1;
+    }
+    memcpy(a, s, (size_t)(x - s));
+    return cli_parse_int(cmd, "--size (width)", a, 1, 8192, w) || cli_parse_int(cmd, "--size (height)", x + 1, 1, 8192, h)
+               ? -1
+               : 0;
+}
+
+static int parse_args(int argc, char **argv, map_mode mode, map_args *a) {
+    const char *cmd = mode_name[mode];
+    memset(a, 0, sizeof *a);
+    a->mode = mode;
+    a->layer = a->head = -1;
+    a->pool = ENG_POOL_MAX;
+    a->cmap = VIZ_CMAP_VIRIDIS;
+    a->scale = VIZ_SCALE_LOG;
+    a->gamma = 0.5f;
+    a->backend = "auto";
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},  {"prompt", required_argument, 0, 'p'},
+        {"text", required_argument, 0, 't'},   {"layer", required_argument, 0, 'l'},
+        {"head", required_argument, 0, 'H'},   {"q", required_argument, 0, 'q'},
+        {"k", required_argument, 0, 'k'},      {"size", required_argument, 0, 's'},
+        {"pool", required_argument, 0, 'P'},   {"cmap", required_argument, 0, 'c'},
+        {"scale", required_argument, 0, 'S'},  {"gamma", required_argument, 0, 'g'},
+        {"overlay", required_argument, 0, 'o'}, {"patterns", required_argument, 0, 'C'},
+        {"out", required_argument, 0, 'O'},    {"term", no_argument, 0, 'T'},
+        {"no-color", no_argument, 0, 'n'},     {"backend", required_argument, 0, 'b'},
+        {"threads", required_argument, 0, 'j'}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    optind = 1;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': a->model_dir = optarg; break;
+        case 'p': a->prompt = optarg; break;
+        case 't': a->text = optarg; break;
+        case 'l': if (cli_parse_int(cmd, "--layer", optarg, 0, 1 << 20, &a->layer)) return 2; break;
+        case 'H':
+            if (mode == MODE_GRID) { cli_error(cmd, "--head: grid draws every head of the layer"); return 2; }
+            if (cli_parse_int(cmd, "--head", optarg, 0, 1 << 20, &a->head)) return 2;
+            break;
+        case 'q': a->qr = optarg; break;
+        case 'k': a->kr = optarg; break;
+        case 's': if (parse_size(cmd, optarg, &a->w, &a->h)) return 2; break;
+        case 'P':
+            if (!strcmp(optarg, "max")) a->pool = ENG_POOL_MAX;
+            else if (!strcmp(optarg, "mean")) a->pool = ENG_POOL_MEAN;
+            else { cli_error(cmd, "--pool: bad value '%s' (want max or mean)", optarg); return 2; }
+            break;
+        case 'c':
+            if (viz_cmap_parse(optarg, &a->cmap)) {
+                cli_error(cmd, "--cmap: unknown colour map '%s' (want viridis, magma, cividis or gray)", optarg);
+                return 2;
+            }
+            break;
+        case 'S':
+            if (viz_scale_parse(optarg, &a->scale)) {
+                cli_error(cmd, "--scale: bad value '%s' (want linear, log or power)", optarg);
+                return 2;
+            }
+            break;
+        case 'g': if (cli_parse_float(cmd, "--gamma", optarg, 0.01, 100, &a->gamma)) return 2; break;
+        case 'o':
+            if (mode != MODE_MAP) { cli_error(cmd, "--overlay is for map; use --patterns"); return 2; }
+            a->patterns = optarg;
+            break;
+        case 'C':
+            if (mode == MODE_MAP) { cli_error(cmd, "--patterns: map takes --overlay CFG.json"); return 2; }
+            a->patterns = optarg;
+            break;
+        case 'O': a->out = optarg; break;
+        case 'T': a->term = 1; break;
+        case 'n': a->no_color = 1; break;
+        case 'b': a->backend = optarg; break;
+        case 'j': if (cli_parse_int(cmd, "--threads", optarg, 1, 256, &a->threads)) return 2; break;
+        case 'h': usage(stdout, mode); return 0;
+        case ':': cli_error(cmd, "%s needs a value", argv[optind - 1]); return 2;
+        default: cli_error(cmd, "unknown option '%s' (see attnscope %s --help)", argv[optind - 1], cmd); return 2;
+        }
+    }
+    if (optind < argc) { cli_error(cmd, "unexpected argument '%s'", argv[optind]); return 2; }
+    if (!a->model_dir) { cli_error(cmd, "--model DIR is required"); return 2; }
+    if ((a->prompt != NULL) == (a->text != NULL)) { cli_error(cmd, "give exactly one of --prompt FILE or --text STR"); return 2; }
+    if (a->layer < 0) { cli_error(cmd, "--layer L is required"); return 2; }
+    if (mode != MODE_GRID && a->head < 0) { cli_error(cmd, "--head H is required"); return 2; }
+    if (mode == MODE_DIFF && !a->patterns) { cli_error(cmd, "--patterns CFG.json is required (the sparse side)"); return 2; }
+    if ((a->out != NULL) == (a->term != 0)) { cli_error(cmd, "give exactly one of --out F.png or --term"); return 2; }
+    if (getenv("NO_COLOR") && *getenv("NO_COLOR")) a->no_color = 1;
+    return -1; /* go on */
+}
+
+/* Everything a figure needs from the model and the prompt. */
+typedef struct {
+    eng_model *m;
+    eng_tokenizer *tok;
+    eng_backend *be;
+    eng_patcfg pc;
+    int have_pc;
+    int *ids, n;
+    eng_prefill_out po;
+    int have_po;
+    const char **labels; /* [n] token texts (owned by tok) */
+} map_ctx;
+
+static void ctx_free(map_ctx *c) {
+    if (c->have_po) eng_prefill_out_free(&c->po);
+    if (c->be) c->be->destroy(c->be);
+    if (c->have_pc) eng_patcfg_free(&c->pc);
+    eng_tok_free(c->tok);
+    eng_model_free(c->m);
+    free(c->ids);
+    free(c->labels);
+}
+
+static int ctx_open(const map_args *a, map_ctx *c) {
+    const char *cmd = mode_name[a->mode];
+    eng_err err = {{0}};
+    memset(c, 0, sizeof *c);
+    if (eng_model_load(&c->m, a->model_dir, &err)) { cli_error(cmd, "%s", err.msg); return -1; }
+    const eng_config *cfg = &c->m->cfg;
+    if (a->layer >= cfg->n_layers) {
+        cli_error(cmd, "--layer %d: the model has %d layers (0..%d)", a->layer, cfg->n_layers, cfg->n_layers - 1);
+        return -1;
+    }
+    if (a->head >= cfg->n_heads) {
+        cli_error(cmd, "--head %d: the model has %d query heads (0..%d)", a->head, cfg->n_heads, cfg->n_heads - 1);
+        return -1;
+    }
+    if (!(c->tok = eng_tok_load(a->model_dir, cfg, &err))) { cli_error(cmd, "%s", err.msg); return -1; }
+    size_t len = 0;
+    char *buf = NULL;
+    if (a->prompt && !(buf = cli_read_file(cmd, a->prompt, PROMPT_MAX_BYTES, &len))) return -1;
+    int rc = eng_tok_encode(c->tok, buf ? buf : a->text, buf ? len : strlen(a->text), 1, &c->ids, &c->n, &err);
+    free(buf);
+    if (rc) { cli_error(cmd, "%s", err.msg); return -1; }
+    if (c->n < 1) { cli_error(cmd, "the prompt is empty (no tokens)"); return -1; }
+    if (!(c->labels = malloc(sizeof(char *) * (size_t)c->n))) { cli_error(cmd, "out of memory"); return -1; }
+    for (int i = 0; i < c->n; i++) c->labels[i] = eng_tok_piece(c->tok, c->ids[i]);
+    if (a->patterns) {
+        if (eng_patcfg_load(&c->pc, a->patterns, &err) ||
+            eng_patcfg_check_model(&c->pc, cfg->n_layers, cfg->n_heads, &err)) {
+            cli_error(cmd, "%s", err.msg);
+            return -1;
+        }
+        c->have_pc = 1;
+    }
+    if (!(c->be = eng_backend_create(a->backend, &err))) { cli_error(cmd, "%s", err.msg); return -1; }
+    eng_prefill_opts po = {.patterns = NULL, .keep_qkv = 1, .keep_lse = 1};
+    fprintf(stderr, "attnscope %s: prefill of %d tokens on %s...\n", cmd, c->n, c->be->device);
+    if (c->be->prefill(c->be, c->m, c->ids, c->n, &po, &c->po, &err)) {
+        cli_error(cmd, "prefill: %s", err.msg);
+        return -1;
+    }
+    c->have_po = 1;
+    if (!c->po.q || !c->po.k || !c->po.lse) {
+        cli_error(cmd, "prefill on %s kept no Q/K/LSE", c->be->name);
+        return -1;
+    }
+    return 0;
+}
+
+/* Head (l, h) pointers into the kept prefill tensors. */
+typedef struct {
+    const float *q, *k, *lse;
+    int qs, ks, n, d;
+} head_view;
+
+static head_view head_at(const map_ctx *c, int l, int h) {
+    const eng_prefill_out *o = &c->po;
+    int H = o->n_heads, Hkv = o->n_kv_heads, d = o->head_dim, n = o->n;
+    head_view v = {o->q + (size_t)l * n * H * d + (size_t)h * d, o->k + (size_t)l * n * Hkv * d + (size_t)(h / (H / Hkv)) * d,
+                   o->lse + ((size_t)l * H + h) * n, H * d, Hkv * d, n, d};
+    return v;
+}
+
+static int pool_head(const char *cmd, const head_view *hv, const eng_head_index *ix, const eng_map_opts *mo, float *out) {
+    eng_err err = {{0}};
+    /* with an index the sparse row LSE differs from the dense one: eng_map computes it */
+    if (eng_map_pool(hv->q, hv->qs, hv->k, hv->ks, hv->n, hv->d, ix ? NULL : hv->lse, ix, mo, out, &err)) {
+        cli_error(cmd, "%s", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int build_index(const char *cmd, const map_ctx *c, const head_view *hv, int l, int h, eng_head_index *ix,
+                       const eng_pattern **pat) {
+    eng_err err = {{0}};
+    *pat = eng_pattern_cfg_get(&c->pc.cfg, l, h);
+    if (eng_pattern_build(*pat, hv->q, hv->qs, hv->k, hv->ks, hv->n, hv->d, ix, &err)) {
+        cli_error(cmd, "layer %d head %d: index: %s", l, h, err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static void term_size(int *cols, int *rows) {
+    struct winsize ws;
+    *cols = 80;
+    *rows = 40;
+    if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 && ws.ws_row > 0) {
+        *cols = ws.ws_col;
+        *rows = ws.ws_row;
+    }
+}
+
+/* Print one panel to stdout as a terminal figure. */
+static int term_panel(const char *cmd, const map_args *a, const char *title, const float *v, int w, int h,
+                      const float *comp, const viz_scale *sc, int q0, int q1, int k0, int k1) {
+    eng_err err = {{0}};
+    viz_term_mode tm = viz_term_mode_detect(getenv("COLORTERM"), getenv("TERM"), a->no_color);
+    viz_term_opts to = {a->cmap, *sc, tm, comp};
+    viz_cellbuf cb;
+    if (viz_term_figure(title, v, w, h, q0, q1, k0, k1, &to, &cb, &err)) {
+        cli_error(cmd, "%s", err.msg);
+        return -1;
+    }
+    size_t len;
+    char *s = viz_term_ansi(&cb, tm, &len, &err);
+    viz_cellbuf_free(&cb);
+    if (!s) { cli_error(cmd, "%s", err.msg); return -1; }
+    fwrite(s, 1, len, stdout);
+    free(s);
+    return 0;
+}
+
+static const char *pool_name(eng_pool p) { return p == ENG_POOL_MAX ? "max-pooled" : "mean-pooled"; }
+
+static const char *model_name(const map_ctx *c) {
+    const char *s = strrchr(c->m->dir, '/');
+    return s && s[1] ? s + 1 : c->m->dir;
+}
+
+static int run_figure(const map_args *a, map_ctx *c) {
+    const char *cmd = mode_name[a->mode];
+    int n = c->n, l = a->layer, H = c->po.n_heads;
+    int q0, q1, k0, k1;
+    if (parse_range(cmd, "--q", a->qr, n, &q0, &q1) || parse_range(cmd, "--k", a->kr, n, &k0, &k1)) return 2;
+    int w = a->w, h = a->h;
+    if (!w) {
+        if (a->term) {
+            int cols, rows;
+            term_size(&cols, &rows);
+            int side = cols - 8 < 2 * (rows - 5) ? cols - 8 : 2 * (rows - 5);
+            w = h = side < 8 ? 8 : side;
+            if (a->mode == MODE_GRID) w = h = w / 2 < 8 ? 8 : w / 2;
+        } else {
+            w = h = a->mode == MODE_GRID ? 256 : 512;
+        }
+    }
+    if (a->term && w > 4000) { cli_error(cmd, "--size: %d columns is too wide for a terminal", w); return 2; }
+    int np = a->mode == MODE_GRID ? H : a->mode == MODE_DIFF ? 3 : 1;
+    size_t npx = (size_t)w * h;
+    float *vals = calloc(npx * (size_t)np, sizeof(float));
+    float *comp = a->mode == MODE_MAP && a->patterns ? calloc(npx, sizeof(float)) : NULL;
+    viz_panel *pn = calloc((size_t)np, sizeof *pn);
+    char (*ptitle)[160] = calloc((size_t)np, sizeof *ptitle);
+    viz_span *sp = calloc((size_t)np, sizeof *sp);
+    int *vert = NULL, *slash = NULL, nv = 0, ns = 0;
+    eng_head_index ix;
+    memset(&ix, 0, sizeof ix);
+    int have_ix = 0, rc = 1;
+    viz_canvas cv;
+    memset(&cv, 0, sizeof cv);
+    if (!vals || (a->mode == MODE_MAP && a->patterns && !comp) || !pn || !ptitle || !sp) {
+        cli_error(cmd, "out of memory for %d maps of %d x %d", np, w, h);
+        goto done;
+    }
+    eng_map_opts mo = {.q0 = q0, .q1 = q1, .k0 = k0, .k1 = k1, .w = w, .h = h, .pool = a->pool, .empty = NAN,
+                       .threads = a->threads};
+    char title[512], pat[128];
+    const eng_pattern *p = NULL;
+    eng_err err = {{0}};
+    if (a->mode == MODE_MAP) {
+        head_view hv = head_at(c, l, a->head);
+        if (pool_head(cmd, &hv, NULL, &mo, vals)) goto done;
+        snprintf(ptitle[0], sizeof ptitle[0], "%s softmax probability", pool_name(a->pool));
+        if (a->patterns) {
+            if (build_index(cmd, c, &hv, l, a->head, &ix, &p)) goto done;
+            have_ix = 1;
+            if (eng_map_index_mask(&ix, &mo, comp, &err)) { cli_error(cmd, "%s", err.msg); goto done; }
+            eng_pattern_describe(p, pat, sizeof pat);
+            if (p->kind == ENG_PAT_VS) {
+                vert = malloc(sizeof(int) * (size_t)n);
+                slash = malloc(sizeof(int) * (size_t)n);
+                if (!vert || !slash) { cli_error(cmd, "out of memory"); goto done; }
+                if (eng_pattern_vs_lines(p, hv.q, hv.qs, hv.k, hv.ks, n, hv.d, vert, &nv, slash, &ns, &err)) {
+                    cli_error(cmd, "%s", err.msg);
+                    goto done;
+                }
+            }
+            double frac = (double)eng_index_count(&ix) / ((double)n * (n + 1) / 2.0);
+            snprintf(ptitle[0], sizeof ptitle[0], "%s   index: %.100s, density %.3f", pool_name(a->pool), pat, frac);
+        }
+        pn[0] = (viz_panel){.values = vals, .w = w, .h = h, .q0 = q0, .q1 = q1, .k0 = k0, .k1 = k1,
+                            .title = ptitle[0], .computed = comp, .verticals = vert, .n_verticals = nv,
+                            .slashes = slash, .n_slashes = ns, .block = a->patterns ? ENG_BLOCK : 0};
+        snprintf(title, sizeof title, "%.200s  layer %d head %d  (%d tokens)", model_name(c), l, a->head, n);
+    } else if (a->mode == MODE_GRID) {
+        for (int hh = 0; hh < H; hh++) {
+            head_view hv = head_at(c, l, hh);
+            if (pool_head(cmd, &hv, NULL, &mo, vals + npx * hh)) goto done;
+            if (c->have_pc) eng_pattern_describe(eng_pattern_cfg_get(&c->pc.cfg, l, hh), pat, sizeof pat);
+            else snprintf(pat, sizeof pat, "dense");
+            snprintf(ptitle[hh], sizeof ptitle[hh], "head %d: %.100s", hh, pat);
+            pn[hh] = (viz_panel){.values = vals + npx * hh, .w = w, .h = h, .q0 = q0, .q1 = q1, .k0 = k0, .k1 = k1,
+                                 .title = ptitle[hh]};
+        }
+        snprintf(title, sizeof title, "%.200s  layer %d, all %d heads  (%d tokens, %s)", model_name(c), l, H, n,
+                 pool_name(a->pool));
+    } else {
+        head_view hv = head_at(c, l, a->head);
+        if (pool_head(cmd, &hv, NULL, &mo, vals)) goto done;
+        if (build_index(cmd, c, &hv, l, a->head, &ix, &p)) goto done;
+        have_ix = 1;
+        if (pool_head(cmd, &hv, &ix, &mo, vals + npx)) goto done;
+        for (size_t i = 0; i < npx; i++) {
+            float dv = vals[i], sv = vals[npx + i];
+            vals[2 * npx + i] = isnan(dv) || isnan(sv) ? NAN : fabsf(dv - sv);
+        }
+        eng_pattern_describe(p, pat, sizeof pat);
+        double frac = (double)eng_index_count(&ix) / ((double)n * (n + 1) / 2.0);
+        snprintf(ptitle[0], sizeof ptitle[0], "dense");
+        snprintf(ptitle[1], sizeof ptitle[1], "sparse: %.100s (density %.3f)", pat, frac);
+        snprintf(ptitle[2], sizeof ptitle[2], "|dense - sparse|");
+        for (int i = 0; i < 3; i++)
+            pn[i] = (viz_panel){.values = vals + npx * i, .w = w, .h = h, .q0 = q0, .q1 = q1, .k0 = k0, .k1 = k1,
+                                .title = ptitle[i]};
+        snprintf(title, sizeof title, "%.200s  layer %d head %d  (%d tokens, %s)", model_name(c), l, a->head, n,
+                 pool_name(a->pool));
+    }
+    for (int i = 0; i < np; i++) sp[i] = (viz_span){vals + npx * i, npx};
+    /* the difference panel shares the scale but does not stretch it */
+    viz_scale sc = viz_scale_fit(a->scale, a->gamma, 6, sp, a->mode == MODE_DIFF ? 2 : np);
+    if (a->term) {
+        printf("%s\n", title);
+        for (int i = 0; i < np; i++)
+            if (term_panel(cmd, a, pn[i].title, pn[i].values, w, h, pn[i].computed, &sc, q0, q1, k0, k1)) goto done;
+        rc = 0;
+        goto done;
+    }
+    char cbl[96];
+    snprintf(cbl, sizeof cbl, "attention probability (%s, %s scale)", a->pool == ENG_POOL_MAX ? "max" : "mean",
+             viz_scale_name(a->scale));
+    int cols = a->mode == MODE_GRID ? (int)ceil(sqrt((double)H)) : np;
+    viz_figure f = {.title = title, .cmap = a->cmap, .scale = sc, .cbar_label = cbl, .cols = cols,
+                    .tokens = c->labels, .n_tokens = n};
+    if (viz_figure_render(&f, pn, np, &cv, &err) || viz_png_write(a->out, &cv, cli_cmdline, &err)) {
+        cli_error(cmd, "%s", err.msg);
+        goto done;
+    }
+    printf("wrote %s (%d x %d pixels; maps %d x %d over queries [%d, %d) and keys [%d, %d))\n", a->out, cv.w, cv.h, w,
+           h, q0, q1, k0, k1);
+    rc = 0;
+done:
+    viz_canvas_free(&cv);
+    if (have_ix) eng_index_free(&ix);
+    free(vals);
+    free(comp);
+    free(pn);
+    free(ptitle);
+    free(sp);
+    free(vert);
+    free(slash);
+    return rc;
+}
+
+static int cmd_common(int argc, char **argv, map_mode mode) {
+    map_args a;
+    int rc = parse_args(argc, argv, mode, &a);
+    if (rc >= 0) return rc;
+    map_ctx c;
+    if (ctx_open(&a, &c)) {
+        ctx_free(&c);
+        return 1;
+    }
+    rc = run_figure(&a, &c);
+    ctx_free(&c);
+    return rc;
+}
+
+int cmd_map(int argc, char **argv) { return cmd_common(argc, argv, MODE_MAP); }
+int cmd_grid(int argc, char **argv) { return cmd_common(argc, argv, MODE_GRID); }
+int cmd_diff(int argc, char **argv) { return cmd_common(argc, argv, MODE_DIFF); }
