@@ -39,5 +39,6 @@ int cmd_map(int argc, char **argv);
 int cmd_grid(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
 int cmd_search(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 #endif

@@ -11,6 +11,7 @@
 
 #include "cli.h"
 #include "eng_backend.h"
+#include "eng_decode.h"
 #include "eng_model.h"
 #include "cli_report.h"
 #include "eng_patcfg.h"
@@ -22,7 +23,8 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: attnscope run --model DIR (--prompt FILE | --text STR | --tokens 1,2,3) [--json OUT]\n"
-            "                     [--logits-out OUT.json] [--backend auto|cpu|cuda] [--patterns CFG.json]\n\n"
+            "                     [--logits-out OUT.json] [--backend auto|cpu|cuda] [--patterns CFG.json]\n"
+            "                     [--generate N]\n\n"
             "Prefill one prompt and print the tokens, time, backend and the top-5 next tokens.\n\n"
             "  --model DIR         Hugging Face checkpoint directory (required)\n"
             "  --prompt FILE       prompt text from a file (encoded with the model's tokenizer, BOS first)\n"
@@ -32,6 +34,7 @@ static void usage(FILE *f) {
             "  --logits-out OUT    write the last position's logits as a JSON array of numbers\n"
             "  --backend B         auto (CUDA when usable, else CPU; default), cpu or cuda\n"
             "  --patterns CFG      per-head sparse pattern config (JSON) instead of dense attention\n"
+            "  --generate N        then generate N tokens greedily (dense KV-cache decode, CPU) and print them\n"
             "  -h, --help          this help\n");
 }
 
@@ -197,10 +200,11 @@ int cmd_run(int argc, char **argv) {
         {"text", required_argument, 0, 't'},    {"tokens", required_argument, 0, 'k'},
         {"json", required_argument, 0, 'j'},    {"logits-out", required_argument, 0, 'o'},
         {"backend", required_argument, 0, 'b'}, {"patterns", required_argument, 0, 'P'},
-        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0},
+        {"generate", required_argument, 0, 'G'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     const char *model_dir = NULL, *prompt = NULL, *text = NULL, *tokens_s = NULL, *json = NULL, *logits_out = NULL;
     const char *backend = "auto", *patterns = NULL;
+    int generate = 0;
     optind = 1;
     opterr = 0;
     int c;
@@ -214,6 +218,9 @@ int cmd_run(int argc, char **argv) {
         case 'o': logits_out = optarg; break;
         case 'b': backend = optarg; break;
         case 'P': patterns = optarg; break;
+        case 'G':
+            if (cli_parse_int("run", "--generate", optarg, 0, 1 << 20, &generate)) return 2;
+            break;
         case 'h': usage(stdout); return 0;
         case ':':
             cli_error("run", "option '%s' needs a value", argv[optind - 1]);
@@ -297,7 +304,7 @@ int cmd_run(int argc, char **argv) {
         cli_error("run", "backend %s: %s", backend, err.msg);
         goto done;
     }
-    eng_prefill_opts po = {.patterns = patterns ? &pcfg.cfg : NULL};
+    eng_prefill_opts po = {.patterns = patterns ? &pcfg.cfg : NULL, .keep_qkv = generate > 0};
     /* --patterns: dense + sparse prefill and per-head metrics; out is the sparse prefill. */
     eng_report_opts ro = {.progress = cli_report_progress};
     if (patterns ? eng_report_run(be, m, ids, n, &pcfg.cfg, &ro, &rep, &out, &err)
@@ -327,6 +334,28 @@ int cmd_run(int argc, char **argv) {
     }
     if (patterns) printf("patterns: %s (sparse prefill)\n", patterns);
     if (patterns) cli_report_print(stdout, &rep);
+    if (generate > 0) {
+        /* the dense prefill kept K/V; a sparse one is redone with K/V kept (the report's is not) */
+        eng_generation g;
+        const int stop = tok ? eng_tok_eos_id(tok) : -1;
+        if (out.k ? eng_decode_continue(m, &out, generate, stop, &g, &err)
+                  : eng_decode_greedy(be, m, ids, n, &po, generate, stop, &g, &err)) {
+            cli_error("run", "generate: %s", err.msg);
+            goto done;
+        }
+        char *txt = NULL;
+        size_t tl = 0;
+        printf("generated %d tokens in %.3f s%s:\n", g.n, g.decode_s, g.stopped ? " (stopped at EOS)" : "");
+        if (tok && !eng_tok_decode(tok, g.ids, g.n, 0, &txt, &tl, &err)) {
+            fwrite(txt, 1, tl, stdout);
+            putchar('\n');
+        } else {
+            for (int i = 0; i < g.n; i++) printf("%s%d", i ? "," : "", g.ids[i]);
+            putchar('\n');
+        }
+        free(txt);
+        eng_generation_free(&g);
+    }
 
     rc = 0;
     if (logits_out && write_logits(logits_out, out.last_logits, out.vocab)) rc = 1;

@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 
 #include "cli.h"
+#include "eng_gguf.h"
 #include "eng_model.h"
 #include "eng_tok.h"
 
@@ -97,8 +98,18 @@ int cmd_tokenize(int argc, char **argv) {
     int have_cfg = 0;
     memset(&cfg, 0, sizeof cfg);
     struct stat st;
-    if (model && stat(model, &st) == 0 && S_ISDIR(st.st_mode) && read_config(model, &cfg, &have_cfg)) return 1;
     eng_err err = {{0}};
+    if (model && stat(model, &st) == 0 && S_ISDIR(st.st_mode) && read_config(model, &cfg, &have_cfg)) return 1;
+    if (model && eng_gguf_is_path(model)) { /* the config of a GGUF model (for a byte vocabulary) */
+        eng_model *m = NULL;
+        if (eng_model_load(&m, model, &err)) {
+            cli_error("tokenize", "%s", err.msg);
+            return 1;
+        }
+        cfg = m->cfg;
+        have_cfg = 1;
+        eng_model_free(m);
+    }
     eng_tokenizer *tok = eng_tok_load(model ? model : tokfile, have_cfg ? &cfg : NULL, &err);
     if (!tok) {
         cli_error("tokenize", "%s", err.msg);

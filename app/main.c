@@ -15,6 +15,7 @@ const cli_command cli_commands[] = {
     {"grid", cmd_grid, "every head of a layer, labelled with its pattern, on one scale"},
     {"diff", cmd_diff, "dense | sparse | difference of one head on one scale"},
     {"search", cmd_search, "per-head pattern search on a prompt: winners + every candidate's score"},
+    {"eval", cmd_eval, "accuracy per pattern: passkey retrieval (length x depth) and perplexity"},
     {NULL, NULL, NULL},
 };
 

@@ -12,8 +12,12 @@
 #include "eng_attn.h"
 #include "eng_cpu.h"
 
+#ifndef BQ
 #define BQ 64  /* queries per tile */
+#endif
+#ifndef BK
 #define BK 256 /* keys per tile */
+#endif
 
 typedef struct {
     const float *q, *k, *v;

@@ -260,38 +260,24 @@ void eng_generation_free(eng_generation *g) {
     memset(g, 0, sizeof *g);
 }
 
-int eng_decode_greedy(eng_backend *be, const eng_model *m, const int *prompt, int n, const eng_prefill_opts *opts,
-                      int n_new, int stop_id, eng_generation *out, eng_err *err) {
+int eng_decode_continue(const eng_model *m, const eng_prefill_out *pre, int n_new, int stop_id, eng_generation *out,
+                        eng_err *err) {
     memset(out, 0, sizeof *out);
     if (n_new < 0) return eng_err_set(err, "decode: negative number of new tokens %d", n_new);
-    eng_prefill_opts po;
-    if (opts) po = *opts;
-    else memset(&po, 0, sizeof po);
-    po.keep_qkv = 1;
-    eng_prefill_out pre;
-    memset(&pre, 0, sizeof pre);
+    if (!pre->last_logits) return eng_err_set(err, "decode: the prefill has no logits");
+    out->prefill_s = pre->seconds;
+    if (n_new == 0) return 0;
+    const int V = m->cfg.vocab_size;
     eng_decoder *d = NULL;
-    float *logits = NULL;
+    float *logits = malloc(sizeof(float) * (size_t)V);
     int rc = -1;
-    if (!(out->ids = malloc(sizeof(int) * (size_t)(n_new > 0 ? n_new : 1)))) {
+    if (!(out->ids = malloc(sizeof(int) * (size_t)n_new)) || !logits) {
         eng_err_set(err, "out of memory for %d generated tokens", n_new);
         goto done;
     }
-    if (be->prefill(be, m, prompt, n, &po, &pre, err)) goto done;
-    out->prefill_s = pre.seconds;
-    if (n_new == 0) {
-        rc = 0;
-        goto done;
-    }
-    const int V = m->cfg.vocab_size;
-    if (!(logits = malloc(sizeof(float) * (size_t)V))) {
-        eng_err_set(err, "out of memory for the logits");
-        goto done;
-    }
-    if (eng_decoder_create(&d, m, &pre, n_new - 1, err)) goto done;
-    int tok = eng_decode_argmax(pre.last_logits, V);
-    eng_prefill_out_free(&pre); /* the cache holds what decoding needs */
+    if (eng_decoder_create(&d, m, pre, n_new - 1, err)) goto done;
     const double t0 = now_s();
+    int tok = eng_decode_argmax(pre->last_logits, V);
     for (;;) {
         if (stop_id >= 0 && tok == stop_id) {
             out->stopped = 1;
@@ -306,8 +292,23 @@ int eng_decode_greedy(eng_backend *be, const eng_model *m, const int *prompt, in
     rc = 0;
 done:
     eng_decoder_free(d);
-    eng_prefill_out_free(&pre);
     free(logits);
     if (rc) eng_generation_free(out);
+    return rc;
+}
+
+int eng_decode_greedy(eng_backend *be, const eng_model *m, const int *prompt, int n, const eng_prefill_opts *opts,
+                      int n_new, int stop_id, eng_generation *out, eng_err *err) {
+    memset(out, 0, sizeof *out);
+    if (n_new < 0) return eng_err_set(err, "decode: negative number of new tokens %d", n_new);
+    eng_prefill_opts po;
+    if (opts) po = *opts;
+    else memset(&po, 0, sizeof po);
+    po.keep_qkv = 1;
+    eng_prefill_out pre;
+    if (be->prefill(be, m, prompt, n, &po, &pre, err)) return -1;
+    /* the decoder copies the K/V it needs; Q and the rest go as soon as it exists */
+    const int rc = eng_decode_continue(m, &pre, n_new, stop_id, out, err);
+    eng_prefill_out_free(&pre);
     return rc;
 }

@@ -38,6 +38,11 @@ typedef struct {
 
 void eng_generation_free(eng_generation *g);
 
+/* Generate up to n_new tokens greedily after a finished prefill of m that kept K/V (keep_qkv): the
+ * first from pre->last_logits, the rest from decode steps. prefill_s is copied from pre. */
+int eng_decode_continue(const eng_model *m, const eng_prefill_out *pre, int n_new, int stop_id, eng_generation *out,
+                        eng_err *err);
+
 /* Prefill prompt[0..n) on be with opts (NULL = dense; keep_qkv is forced on, keep_lse left as
  * given), then generate up to n_new tokens greedily: the first from the prefill's last logits, the
  * rest from decode steps. stop_id >= 0 ends generation when it is produced. */

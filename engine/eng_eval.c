@@ -83,6 +83,29 @@ int eng_passkey_key(uint64_t seed, int length, int depth_pct, int trial) {
     return 10000 + (int)(h % 90000u);
 }
 
+/* The answer " NNNNN" as tokens; when its first token is only whitespace (byte vocabularies,
+ * SentencePiece's "▁") that token ends the prompt instead, so that the first digit is predicted by
+ * the (sparse) prefill and not by the dense decode. Returns that token or -1. */
+static int answer_ids(const eng_passkey *pk, int key, int **ids, int *n) {
+    char s[32];
+    eng_err e;
+    snprintf(s, sizeof s, " %d", key);
+    *ids = NULL, *n = 0;
+    if (eng_tok_encode(pk->tok, s, strlen(s), 0, ids, n, &e) || *n < 1) return -1;
+    const char *p = eng_tok_piece(pk->tok, (*ids)[0]);
+    if (!*p) return -1;
+    for (; *p; p++)
+        if (*p != ' ') return -1;
+    return (*ids)[0];
+}
+
+static int lead_token(const eng_passkey *pk, int key) {
+    int *ids = NULL, n = 0;
+    int t = answer_ids(pk, key, &ids, &n);
+    free(ids);
+    return t;
+}
+
 static int encode_str(const eng_passkey *pk, const char *s, int **ids, int *n, eng_err *err) {
     return eng_tok_encode(pk->tok, s, strlen(s), 0, ids, n, err);
 }
@@ -97,12 +120,12 @@ int eng_passkey_prompt(const eng_passkey *pk, int length, int depth_pct, int tri
     snprintf(needle, sizeof needle, " %s ", inner);
     int *nd = NULL, n_nd = 0;
     if (encode_str(pk, needle, &nd, &n_nd, err)) return -1;
-    const int b = pk->bos >= 0;
-    const long long nh = (long long)length - b - n_nd - pk->n_q;
+    const int b = pk->bos >= 0, lead = lead_token(pk, key);
+    const long long nh = (long long)length - b - n_nd - pk->n_q - (lead >= 0);
     if (nh < 1) {
         free(nd);
         return eng_err_set(err, "passkey length %d is too short: the needle and question alone take %d tokens",
-                           length, b + n_nd + pk->n_q);
+                           length, b + n_nd + pk->n_q + (lead >= 0));
     }
     int *o = malloc(sizeof(int) * (size_t)length);
     int *h = malloc(sizeof(int) * (size_t)nh);
@@ -131,19 +154,18 @@ int eng_passkey_prompt(const eng_passkey *pk, int length, int depth_pct, int tri
     memcpy(o + k, nd, sizeof(int) * (size_t)n_nd), k += n_nd;
     memcpy(o + k, h + p, sizeof(int) * (size_t)(hn - p)), k += hn - p;
     memcpy(o + k, pk->q, sizeof(int) * (size_t)pk->n_q), k += pk->n_q;
+    if (lead >= 0) o[k++] = lead;
     free(nd), free(h);
     *ids = o, *n = k;
     return 0;
 }
 
 int eng_passkey_answer_tokens(const eng_passkey *pk, int key) {
-    char s[32];
-    snprintf(s, sizeof s, " %d", key);
     int *ids = NULL, n = 0;
-    eng_err e;
-    if (eng_tok_encode(pk->tok, s, strlen(s), 0, &ids, &n, &e)) n = (int)strlen(s);
+    int lead = answer_ids(pk, key, &ids, &n);
     free(ids);
-    return n + 1;
+    if (n < 1) n = 6;
+    return n - (lead >= 0) + 1;
 }
 
 /* The generated text (specials skipped) into buf, or "" when it does not decode. */

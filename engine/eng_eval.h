@@ -4,7 +4,9 @@
  * prompt is byte-for-byte the one tools/train_sample.py trains and checks the sample model on:
  *   [BOS] hay[:p] NEEDLE hay[p:] QUESTION   -> greedy answer " NNNNN"
  * with the haystack taken cyclically from offset trial*4099 (tokens) and p = depth% of the haystack
- * moved forward to just after the next space (p = 0 stays 0). */
+ * moved forward to just after the next space (p = 0 stays 0). When the answer's first token is only
+ * whitespace (the " " of a byte vocabulary) it ends the prompt, so that the prefill under the pattern
+ * has to predict the first digit itself; the dense decode only continues from there. */
 #ifndef ENG_EVAL_H
 #define ENG_EVAL_H
 

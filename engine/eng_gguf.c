@@ -403,11 +403,12 @@ static int rope_freqs_fit(const float *rf, int half, double theta, int hd, doubl
                           int *orig) {
     double fmax = 0;
     for (int i = 0; i < half; i++) fmax = rf[i] > fmax ? rf[i] : fmax;
-    static const int origs[] = {8192, 4096, 2048, 16384, 32768, 65536, 131072};
+    static const int origs[] = {8192, 4096, 2048, 16384, 32768, 65536, 131072, 1024, 512, 256, 128, 64, 32};
     static const double lows[] = {1, 0.5, 2, 0.25}, highs[] = {4, 2, 8, 1, 16, 32};
-    for (size_t a = 0; a < sizeof origs / sizeof origs[0]; a++)
-        for (size_t b = 0; b < sizeof lows / sizeof lows[0]; b++)
-            for (size_t c = 0; c < sizeof highs / sizeof highs[0]; c++) {
+    /* low/high outermost so that the usual (1, 4) wins among equivalent parameter sets */
+    for (size_t b = 0; b < sizeof lows / sizeof lows[0]; b++)
+        for (size_t c = 0; c < sizeof highs / sizeof highs[0]; c++)
+            for (size_t a = 0; a < sizeof origs / sizeof origs[0]; a++) {
                 if (highs[c] <= lows[b]) continue;
                 double lw = origs[a] / lows[b], hw = origs[a] / highs[c];
                 int ok = 1;

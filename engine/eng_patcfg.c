@@ -347,6 +347,12 @@ char *eng_patcfg_minference_text(const eng_patcfg *pc, eng_err *err) {
             if (!pc->listed[i]) continue;
             const eng_pattern *p = &pc->cfg.heads[i];
             long long v, s;
+            if (p->reshape) {
+                free(b.p);
+                eng_err_set(err, "MInference export: layer %d head %d: the reshape option has no MInference "
+                                 "equivalent", l, h);
+                return NULL;
+            }
             if (minference_sizes(p, &v, &s)) {
                 free(b.p);
                 eng_err_set(err, "MInference export: layer %d head %d: pattern %s has no MInference equivalent "
@@ -420,6 +426,8 @@ int eng_patcfg_pattern_from_json(const cJSON *o, eng_pattern *p, const char *con
             return eng_err_set(err, "%s: %s: %g outside [%g, %g]", where, f->string, v, pp->lo, pp->hi);
         eng_pattern_param_set(p, pp, v);
     }
+    eng_err e; /* cross-field rules (nm n <= m, xattn stride divides 128) */
+    if (eng_pattern_validate(p, &e)) return eng_err_set(err, "%s: %s", where, e.msg);
     return 0;
 }
 
@@ -429,7 +437,11 @@ cJSON *eng_patcfg_pattern_to_json(const eng_pattern *p) {
     cJSON_AddStringToObject(o, "pattern", eng_pattern_kind_name(p->kind));
     int np;
     const eng_pat_param *par = eng_pattern_params(p->kind, &np);
-    for (int i = 0; i < np; i++) cJSON_AddNumberToObject(o, par[i].name, eng_pattern_param_get(p, &par[i]));
+    for (int i = 0; i < np; i++) {
+        double v = eng_pattern_param_get(p, &par[i]);
+        if (par[i].quiet && v == par[i].def) continue; /* options at their default stay implicit */
+        cJSON_AddNumberToObject(o, par[i].name, v);
+    }
     return o;
 }
 

@@ -16,13 +16,29 @@
 #define VS_MIN_S 50
 #define VS_LAST_Q 64
 
-static const char *const kind_names[ENG_PAT__COUNT] = {"dense", "ashape", "vs", "bs"};
+static const char *const kind_names[ENG_PAT__COUNT] = {"dense", "ashape", "vs", "bs", "xattn", "flex", "dma", "nm"};
 static const char *const kind_upstream[ENG_PAT__COUNT] = {NULL, "stream_llm", "vertical_and_slash",
-                                                          "block_sparse"};
+                                                          "block_sparse", NULL, NULL, NULL, NULL};
+static const char *const kind_labels[ENG_PAT__COUNT] = {
+    "dense causal attention",
+    "A-shape: sinks + local window (MInference stream_llm)",
+    "vertical-slash lines (MInference)",
+    "block-sparse top-k 64x64 blocks (MInference)",
+    "XAttention: antidiagonal-scored 128x128 blocks, cumulative threshold",
+    "FlexPrefill: query-aware blocks or vertical-slash per head, cumulative mass",
+    "DMA-style dynamic mask: top-w keys by key score (training-free adaptation)",
+    "N:M on attention probabilities (top-n of every m keys per query)",
+};
 
 const char *eng_pattern_kind_name(eng_pat_kind k) {
     return (int)k >= 0 && k < ENG_PAT__COUNT ? kind_names[k] : "unknown";
 }
+
+const char *eng_pattern_kind_label(eng_pat_kind k) {
+    return (int)k >= 0 && k < ENG_PAT__COUNT ? kind_labels[k] : "unknown pattern";
+}
+
+int eng_pattern_is_index(eng_pat_kind k) { return (int)k >= 0 && k < ENG_PAT__COUNT && k != ENG_PAT_DMA && k != ENG_PAT_NM; }
 
 int eng_pattern_kind_parse(const char *name, eng_pat_kind *k) {
     if (!name) return -1;
@@ -36,34 +52,90 @@ int eng_pattern_kind_parse(const char *name, eng_pat_kind *k) {
         *k = name[0] == 'a' ? ENG_PAT_ASHAPE : name[0] == 'v' ? ENG_PAT_VS : ENG_PAT_BS;
         return 0;
     }
+    static const struct {
+        const char *alias;
+        eng_pat_kind kind;
+    } more[] = {{"xattention", ENG_PAT_XATTN}, {"flexprefill", ENG_PAT_FLEX}, {"dynamic_mask", ENG_PAT_DMA},
+                {"n:m", ENG_PAT_NM}};
+    for (size_t i = 0; i < sizeof more / sizeof more[0]; i++)
+        if (!strcmp(name, more[i].alias)) {
+            *k = more[i].kind;
+            return 0;
+        }
     return -1;
 }
 
 #define P_INT(field) .offset = offsetof(eng_pattern, field), .is_float = 0
+#define P_FLT(field) .offset = offsetof(eng_pattern, field), .is_float = 1
+/* The reshape option every sparse kind carries (eng_reshape.h); quiet: absent from text at 0. */
+#define P_RESHAPE                                                                                    \
+    {.name = "reshape", P_INT(reshape), .lo = 0, .hi = 1, .def = 0, .quiet = 1,                      \
+     .help = "1: add dropped 64-key blocks' estimated mass and values (Re-ttention-style adaptation)"}
 static const eng_pat_param params_ashape[] = {
     {.name = "n_init", P_INT(n_init), .lo = 0, .hi = 1 << 30, .def = 1024, .budget = 1, .budget_min = 1,
      .help = "sink tokens every query sees (keys 0..n_init-1)"},
     {.name = "n_local", P_INT(n_local), .lo = 1, .hi = 1 << 30, .def = 4096, .budget = 1, .budget_min = 1,
      .help = "local window: keys with 0 <= q - k < n_local"},
+    P_RESHAPE,
 };
 static const eng_pat_param params_vs[] = {
     {.name = "vertical", P_INT(vertical), .lo = 0, .hi = 1 << 30, .def = 1000, .budget = 1, .budget_min = VS_MIN_V,
      .help = "vertical lines (key columns); built with max(v, 30), <= N"},
     {.name = "slash", P_INT(slash), .lo = 0, .hi = 1 << 30, .def = 6096, .budget = 1, .budget_min = VS_MIN_S,
      .help = "slash lines (diagonal offsets); built with max(s, 50), <= N"},
+    P_RESHAPE,
 };
 static const eng_pat_param params_bs[] = {
     {.name = "topk", P_INT(topk), .lo = 1, .hi = 1 << 30, .def = 100, .budget = 1, .budget_min = 1,
      .help = "64x64 key blocks per 64-query row block, diagonal included"},
+    P_RESHAPE,
+};
+static const eng_pat_param params_xattn[] = {
+    {.name = "stride", P_INT(stride), .lo = 1, .hi = 128, .def = 8,
+     .help = "antidiagonal stride S (divides 128; upstream 8 or 16)"},
+    {.name = "threshold", P_FLT(threshold), .lo = 0, .hi = 1, .def = 0.9,
+     .help = "cumulative share of block score kept per 128-query block (tau, 0.8-0.9)"},
+    P_RESHAPE,
+};
+static const eng_pat_param params_flex[] = {
+    {.name = "gamma", P_FLT(gamma), .lo = 0, .hi = 1, .def = 0.9,
+     .help = "estimated attention mass the kept lines / blocks must cover"},
+    {.name = "tau", P_FLT(tau), .lo = 0, .hi = 1, .def = 0.1,
+     .help = "JS-distance threshold: below it the head uses query-aware blocks, else vertical-slash"},
+    {.name = "min_budget", P_INT(min_budget), .lo = 0, .hi = 1 << 30, .def = 512, .budget = 1, .budget_min = 1,
+     .help = "minimum tokens: vertical and slash lines each, or blocks x 128 per query block"},
+    P_RESHAPE,
+};
+static const eng_pat_param params_dma[] = {
+    {.name = "keep", P_INT(keep), .lo = 1, .hi = 1 << 30, .def = 2048, .budget = 1, .budget_min = 1,
+     .help = "top-w keys per query by key score among keys <= query (dense when N <= w)"},
+    {.name = "n_init", P_INT(n_init), .lo = 0, .hi = 1 << 30, .def = 64, .budget = 1, .budget_min = 1,
+     .help = "sink keys 0..n_init-1 always kept"},
+    {.name = "n_local", P_INT(n_local), .lo = 1, .hi = 1 << 30, .def = 256, .budget = 1, .budget_min = 1,
+     .help = "local window: keys with q - k < n_local always kept"},
+    {.name = "key_score", P_INT(key_score), .lo = 0, .hi = 1, .def = 0,
+     .help = "key score: 0 = value norm ||v_j||, 1 = VS vertical score (last 64 queries)"},
+    P_RESHAPE,
+};
+static const eng_pat_param params_nm[] = {
+    {.name = "n", P_INT(nm_n), .lo = 1, .hi = 64, .def = 2, .help = "probabilities kept per group (largest first)"},
+    {.name = "m", P_INT(nm_m), .lo = 1, .hi = 64, .def = 4, .help = "group size: keys [m*g, m*g+m)"},
+    P_RESHAPE,
 };
 
 const eng_pat_param *eng_pattern_params(eng_pat_kind k, int *n) {
+#define TAB(t) (*n = (int)(sizeof t / sizeof t[0]), t)
     switch (k) {
-    case ENG_PAT_ASHAPE: *n = 2; return params_ashape;
-    case ENG_PAT_VS: *n = 2; return params_vs;
-    case ENG_PAT_BS: *n = 1; return params_bs;
+    case ENG_PAT_ASHAPE: return TAB(params_ashape);
+    case ENG_PAT_VS: return TAB(params_vs);
+    case ENG_PAT_BS: return TAB(params_bs);
+    case ENG_PAT_XATTN: return TAB(params_xattn);
+    case ENG_PAT_FLEX: return TAB(params_flex);
+    case ENG_PAT_DMA: return TAB(params_dma);
+    case ENG_PAT_NM: return TAB(params_nm);
     default: *n = 0; return NULL;
     }
+#undef TAB
 }
 
 double eng_pattern_param_get(const eng_pattern *p, const eng_pat_param *par) {
@@ -109,16 +181,23 @@ int eng_pattern_validate(const eng_pattern *p, eng_err *err) {
             return eng_err_set(err, "pattern %s: %s = %g outside [%g, %g]", kind_names[p->kind], par[i].name, v,
                                par[i].lo, par[i].hi);
     }
+    if (p->kind == ENG_PAT_NM && p->nm_n > p->nm_m)
+        return eng_err_set(err, "pattern nm: n = %d must not exceed m = %d", p->nm_n, p->nm_m);
+    if (p->kind == ENG_PAT_XATTN && 128 % p->stride)
+        return eng_err_set(err, "pattern xattn: stride = %d must divide the 128-token block (1, 2, 4, 8, 16, ...)",
+                           p->stride);
     return 0;
 }
 
 int eng_pattern_describe(const eng_pattern *p, char *buf, int cap) {
-    int np, w = snprintf(buf, (size_t)cap, "%s", eng_pattern_kind_name(p->kind));
+    int np, w = snprintf(buf, (size_t)cap, "%s", eng_pattern_kind_name(p->kind)), shown = 0;
     const eng_pat_param *par = eng_pattern_params(p->kind, &np);
-    for (int i = 0; i < np && w >= 0 && w < cap; i++)
-        w += snprintf(buf + w, (size_t)(cap - w), "%s%s=%g", i ? "," : "(", par[i].name,
-                      eng_pattern_param_get(p, &par[i]));
-    if (np && w >= 0 && w < cap) w += snprintf(buf + w, (size_t)(cap - w), ")");
+    for (int i = 0; i < np && w >= 0 && w < cap; i++) {
+        double v = eng_pattern_param_get(p, &par[i]);
+        if (par[i].quiet && v == par[i].def) continue;
+        w += snprintf(buf + w, (size_t)(cap - w), "%s%s=%g", shown++ ? "," : "(", par[i].name, v);
+    }
+    if (shown && w >= 0 && w < cap) w += snprintf(buf + w, (size_t)(cap - w), ")");
     return w;
 }
 
@@ -402,6 +481,306 @@ done:
     return rc;
 }
 
+/* ---- XAttention and FlexPrefill: 128x128 block selections as a standard index -------------- */
+
+#define XB 128           /* XAttention / FlexPrefill block */
+#define FLEX_LAST_Q 128  /* FlexPrefill estimates from the last 128 queries */
+
+/* Index from a per-128-block keep table keep[I * nb + J] (J <= I): each kept 128-key block is two
+ * 64-key blocks; blocks starting after the row block's last query are dropped (causal no-ops). */
+static int index_from_blocks128(const unsigned char *keep, int nb, int n, eng_head_index *ix, eng_err *err) {
+    int n_rb = (n + ENG_BLOCK - 1) / ENG_BLOCK;
+    if (eng_index_alloc(ix, n, 2 * nb, 0, err)) return -1;
+    for (int rb = 0; rb < n_rb; rb++) {
+        int I = rb * ENG_BLOCK / XB, last = last_query(rb, n), nbk = 0;
+        int *bo = ix->block_offset + (size_t)rb * ix->max_blocks;
+        for (int J = 0; J <= I; J++) {
+            if (!keep[(size_t)I * nb + J]) continue;
+            for (int o = J * XB; o < J * XB + XB && o <= last; o += ENG_BLOCK) bo[nbk++] = o;
+        }
+        ix->block_count[rb] = nbk;
+    }
+    return 0;
+}
+
+int eng_pattern_xattn_scores(const eng_pattern *p, const float *q, int q_stride, const float *k, int k_stride, int n,
+                             int d, double *s, eng_err *err) {
+    if (!q || !k) return eng_err_set(err, "xattn: needs Q and K");
+    if (p->stride < 1 || XB % p->stride) return eng_err_set(err, "xattn: stride %d must divide %d", p->stride, XB);
+    const int S = p->stride, nb = (n + XB - 1) / XB, na = n / S; /* complete stride groups */
+    memset(s, 0, sizeof *s * (size_t)nb * nb);
+    /* Strided logit of group pair (a, b): the mean over the S entries of the antidiagonal of the
+     * S x S sub-block, (1/S) sum_r q[aS+S-1-r] . k[bS+r] / sqrt(d); softmax over b <= a per a. */
+    const double scale = 1.0 / sqrt((double)d) / S;
+    double *lg = malloc(sizeof *lg * (size_t)(na > 0 ? na : 1));
+    if (!lg) return eng_err_set(err, "xattn: out of memory (n = %d)", n);
+    for (int a = 0; a < na; a++) {
+        double mx = -INFINITY;
+        for (int b = 0; b <= a; b++) {
+            double acc = 0;
+            for (int r = 0; r < S; r++) {
+                const float *qr = q + (size_t)(a * S + S - 1 - r) * q_stride, *kr = k + (size_t)(b * S + r) * k_stride;
+                for (int c = 0; c < d; c++) acc += (double)qr[c] * kr[c];
+            }
+            lg[b] = acc * scale;
+            if (lg[b] > mx) mx = lg[b];
+        }
+        double sum = 0;
+        for (int b = 0; b <= a; b++) sum += (lg[b] = exp(lg[b] - mx));
+        double *row = s + (size_t)(a * S / XB) * nb;
+        for (int b = 0; b <= a; b++) row[b * S / XB] += lg[b] / sum;
+    }
+    free(lg);
+    for (int I = 0; I < nb; I++) {
+        double t = 0;
+        for (int J = 0; J <= I; J++) t += s[(size_t)I * nb + J];
+        if (t > 0)
+            for (int J = 0; J <= I; J++) s[(size_t)I * nb + J] /= t;
+    }
+    return 0;
+}
+
+/* Per query block: keep the diagonal and the first block, then the best remaining blocks (ties:
+ * the later block) until the kept share reaches threshold. An all-zero row keeps everything. */
+static int build_xattn(const eng_pattern *p, const float *q, int q_stride, const float *k, int k_stride, int n, int d,
+                       eng_head_index *ix, eng_err *err) {
+    const int nb = (n + XB - 1) / XB;
+    double *s = malloc(sizeof *s * (size_t)nb * nb);
+    unsigned char *keep = calloc((size_t)nb * nb, 1);
+    scored *t = malloc(sizeof *t * (size_t)nb);
+    int rc = -1;
+    if (!s || !keep || !t) {
+        eng_err_set(err, "xattn: out of memory (n = %d)", n);
+        goto done;
+    }
+    if (eng_pattern_xattn_scores(p, q, q_stride, k, k_stride, n, d, s, err)) goto done;
+    for (int I = 0; I < nb; I++) {
+        const double *row = s + (size_t)I * nb;
+        unsigned char *kr = keep + (size_t)I * nb;
+        double tot = 0;
+        for (int J = 0; J <= I; J++) tot += row[J];
+        if (tot <= 0) {
+            memset(kr, 1, (size_t)I + 1);
+            continue;
+        }
+        kr[I] = kr[0] = 1;
+        double cum = row[I] + (I ? row[0] : 0);
+        int m = 0;
+        for (int J = 1; J < I; J++) t[m++] = (scored){row[J], -J};
+        qsort(t, (size_t)m, sizeof *t, cmp_scored);
+        for (int i = 0; i < m && cum < p->threshold * tot; i++) {
+            kr[-t[i].i] = 1;
+            cum += t[i].s;
+        }
+    }
+    rc = index_from_blocks128(keep, nb, n, ix, err);
+done:
+    free(s);
+    free(keep);
+    free(t);
+    return rc;
+}
+
+/* Fewest entries of v[0..m) (largest first, ties: lower index) whose sum reaches frac of the total. */
+static int cover_count(const double *v, int m, double frac, scored *t) {
+    double tot = 0;
+    for (int i = 0; i < m; i++) tot += v[i], t[i] = (scored){v[i], i};
+    qsort(t, (size_t)m, sizeof *t, cmp_scored);
+    double cum = 0;
+    int c = 0;
+    while (c < m && cum < frac * tot) cum += t[c++].s;
+    return c;
+}
+
+static int flex_too_short(const eng_pattern *p, int n) {
+    long long lim = ((long long)p->min_budget + XB - 1) / XB * XB;
+    if (lim < 2 * XB) lim = 2 * XB;
+    return n <= lim;
+}
+
+/* The last-128-query estimate: A rows softmax(q_i K^T / sqrt(d)) over keys <= i, as vertical
+ * (column mean) and slash (diagonal-offset mean) distributions over [0, n). */
+static int flex_estimate(const float *q, int q_stride, const float *k, int k_stride, int n, int d, double *vert,
+                         double *slash, eng_err *err) {
+    const int lq = n < FLEX_LAST_Q ? n : FLEX_LAST_Q;
+    const double scale = 1.0 / sqrt((double)d);
+    double *row = malloc(sizeof *row * (size_t)n);
+    if (!row) return eng_err_set(err, "flex: out of memory (n = %d)", n);
+    memset(vert, 0, sizeof *vert * (size_t)n);
+    memset(slash, 0, sizeof *slash * (size_t)n);
+    for (int i = n - lq; i < n; i++) {
+        const float *qi = q + (size_t)i * q_stride;
+        double mx = -INFINITY, sum = 0;
+        for (int j = 0; j <= i; j++) {
+            const float *kj = k + (size_t)j * k_stride;
+            double a = 0;
+            for (int c = 0; c < d; c++) a += (double)qi[c] * kj[c];
+            row[j] = a * scale;
+            if (row[j] > mx) mx = row[j];
+        }
+        for (int j = 0; j <= i; j++) sum += (row[j] = exp(row[j] - mx));
+        for (int j = 0; j <= i; j++) {
+            vert[j] += row[j] / sum / lq;
+            slash[i - j] += row[j] / sum / lq;
+        }
+    }
+    free(row);
+    return 0;
+}
+
+/* Mean-pool rows [b*XB, min(b*XB+XB, n)) of x into out[d]. */
+static void pool128(const float *x, int stride, int n, int d, int b, double *out) {
+    int t0 = b * XB, t1 = t0 + XB < n ? t0 + XB : n;
+    for (int c = 0; c < d; c++) out[c] = 0;
+    for (int t = t0; t < t1; t++)
+        for (int c = 0; c < d; c++) out[c] += x[(size_t)t * stride + c];
+    for (int c = 0; c < d; c++) out[c] /= (t1 - t0);
+}
+
+static double kl_term(double a, double m) { return a > 0 ? a * log(a / m) : 0; }
+
+/* JS distance and the pooled estimates it compares; vert is flex_estimate's vertical score. */
+static int flex_js(const float *q, int q_stride, const float *k, int k_stride, int n, int d, const double *vert,
+                   double *js, eng_err *err) {
+    const int nb = (n + XB - 1) / XB, lq = n < FLEX_LAST_Q ? n : FLEX_LAST_Q;
+    double *qm = calloc((size_t)d, sizeof *qm), *kb = malloc(sizeof *kb * (size_t)d);
+    double *est = malloc(sizeof *est * (size_t)nb), *pool = calloc((size_t)nb, sizeof *pool);
+    if (!qm || !kb || !est || !pool) {
+        free(qm), free(kb), free(est), free(pool);
+        return eng_err_set(err, "flex: out of memory (n = %d)", n);
+    }
+    for (int i = n - lq; i < n; i++)
+        for (int c = 0; c < d; c++) qm[c] += q[(size_t)i * q_stride + c] / lq;
+    double mx = -INFINITY, sum = 0;
+    for (int J = 0; J < nb; J++) {
+        pool128(k, k_stride, n, d, J, kb);
+        double a = 0;
+        for (int c = 0; c < d; c++) a += qm[c] * kb[c];
+        est[J] = a / sqrt((double)d);
+        if (est[J] > mx) mx = est[J];
+    }
+    for (int J = 0; J < nb; J++) sum += (est[J] = exp(est[J] - mx));
+    for (int j = 0; j < n; j++) pool[j / XB] += vert[j];
+    double jsd = 0;
+    for (int J = 0; J < nb; J++) {
+        double a = est[J] / sum, b = pool[J], m = 0.5 * (a + b);
+        if (m > 0) jsd += 0.5 * kl_term(a, m) + 0.5 * kl_term(b, m);
+    }
+    *js = sqrt(jsd > 0 ? jsd : 0);
+    free(qm), free(kb), free(est), free(pool);
+    return 0;
+}
+
+int eng_pattern_flex_decide(const eng_pattern *p, const float *q, int q_stride, const float *k, int k_stride, int n,
+                            int d, double *js, int *query_aware, int *dense, eng_err *err) {
+    *js = NAN;
+    *query_aware = 0;
+    *dense = flex_too_short(p, n);
+    if (*dense) return 0;
+    if (!q || !k) return eng_err_set(err, "flex: needs Q and K");
+    double *vert = malloc(sizeof *vert * (size_t)n), *slash = malloc(sizeof *slash * (size_t)n);
+    int rc = -1;
+    if (!vert || !slash)
+        eng_err_set(err, "flex: out of memory (n = %d)", n);
+    else if (!flex_estimate(q, q_stride, k, k_stride, n, d, vert, slash, err) &&
+             !flex_js(q, q_stride, k, k_stride, n, d, vert, js, err)) {
+        *query_aware = *js < p->tau;
+        rc = 0;
+    }
+    free(vert);
+    free(slash);
+    return rc;
+}
+
+/* Query-aware head: per query block, softmax over causal key blocks of pool(Q_I) . pool(K_J) /
+ * sqrt(d); the fewest blocks covering gamma, at least ceil(min_budget / 128), plus the diagonal. */
+static int flex_blocks(const eng_pattern *p, const float *q, int q_stride, const float *k, int k_stride, int n, int d,
+                       eng_head_index *ix, eng_err *err) {
+    const int nb = (n + XB - 1) / XB;
+    int minb = (int)(((long long)p->min_budget + XB - 1) / XB);
+    double *qp = malloc(sizeof *qp * (size_t)nb * d), *kp = malloc(sizeof *kp * (size_t)nb * d);
+    double *sc = malloc(sizeof *sc * (size_t)nb);
+    scored *t = malloc(sizeof *t * (size_t)nb);
+    unsigned char *keep = calloc((size_t)nb * nb, 1);
+    int rc = -1;
+    if (!qp || !kp || !sc || !t || !keep) {
+        eng_err_set(err, "flex: out of memory (n = %d)", n);
+        goto done;
+    }
+    for (int b = 0; b < nb; b++) {
+        pool128(q, q_stride, n, d, b, qp + (size_t)b * d);
+        pool128(k, k_stride, n, d, b, kp + (size_t)b * d);
+    }
+    for (int I = 0; I < nb; I++) {
+        double mx = -INFINITY;
+        for (int J = 0; J <= I; J++) {
+            double a = 0;
+            for (int c = 0; c < d; c++) a += qp[(size_t)I * d + c] * kp[(size_t)J * d + c];
+            sc[J] = a / sqrt((double)d);
+            if (sc[J] > mx) mx = sc[J];
+        }
+        for (int J = 0; J <= I; J++) sc[J] = exp(sc[J] - mx);
+        int c = cover_count(sc, I + 1, p->gamma, t);
+        if (c < minb) c = minb < I + 1 ? minb : I + 1;
+        unsigned char *kr = keep + (size_t)I * nb;
+        for (int i = 0; i < c; i++) kr[t[i].i] = 1;
+        kr[I] = 1;
+    }
+    rc = index_from_blocks128(keep, nb, n, ix, err);
+done:
+    free(qp), free(kp), free(sc), free(t), free(keep);
+    return rc;
+}
+
+/* The c best of v[0..n) (ties: lower index) with entry 0 forced in, into out ascending (desc = 0)
+ * or descending (desc = 1); c = the fewest covering gamma, at least minl, in [1, n]. */
+static int flex_lines(const double *v, int n, double gamma, int minl, int desc, scored *t, int *out) {
+    int c = cover_count(v, n, gamma, t);
+    if (c < minl) c = minl;
+    if (c < 1) c = 1;
+    if (c > n) c = n;
+    int at = 0;
+    while (t[at].i != 0) at++;
+    for (; at > 0; at--) t[at] = t[at - 1]; /* entry 0 first, the rest keep their order */
+    t[0].i = 0;
+    for (int i = 0; i < c; i++) out[i] = t[i].i;
+    qsort(out, (size_t)c, sizeof *out, desc ? cmp_int_desc : cmp_int_asc);
+    return c;
+}
+
+/* Vertical-slash head: the fewest key columns / diagonal offsets covering gamma of the estimate,
+ * each at least min_budget (<= n); key 0 and offset 0 forced; MInference's merge into the index. */
+static int flex_vs(const eng_pattern *p, const double *vert, const double *slash, int n, eng_head_index *ix,
+                   eng_err *err) {
+    scored *t = malloc(sizeof *t * (size_t)n);
+    int *vl = malloc(sizeof *vl * (size_t)n), *sl = malloc(sizeof *sl * (size_t)n), rc = -1;
+    if (!t || !vl || !sl) {
+        eng_err_set(err, "flex: out of memory (n = %d)", n);
+    } else {
+        int nv = flex_lines(vert, n, p->gamma, p->min_budget, 0, t, vl);
+        int ns = flex_lines(slash, n, p->gamma, p->min_budget, 1, t, sl);
+        rc = eng_pattern_vs_index(vl, nv, sl, ns, n, ix, err);
+    }
+    free(t), free(vl), free(sl);
+    return rc;
+}
+
+static int build_flex(const eng_pattern *p, const float *q, int q_stride, const float *k, int k_stride, int n, int d,
+                      eng_head_index *ix, eng_err *err) {
+    if (flex_too_short(p, n)) return build_dense(n, ix, err);
+    if (!q || !k) return eng_err_set(err, "flex: needs Q and K");
+    double *vert = malloc(sizeof *vert * (size_t)n), *slash = malloc(sizeof *slash * (size_t)n), js = 0;
+    int rc = -1;
+    if (!vert || !slash)
+        eng_err_set(err, "flex: out of memory (n = %d)", n);
+    else if (!flex_estimate(q, q_stride, k, k_stride, n, d, vert, slash, err) &&
+             !flex_js(q, q_stride, k, k_stride, n, d, vert, &js, err))
+        rc = js < p->tau ? flex_blocks(p, q, q_stride, k, k_stride, n, d, ix, err) : flex_vs(p, vert, slash, n, ix, err);
+    free(vert);
+    free(slash);
+    return rc;
+}
+
 int eng_pattern_build(const eng_pattern *p, const float *q, int q_stride, const float *k, int k_stride, int n,
                       int d, eng_head_index *ix, eng_err *err) {
     memset(ix, 0, sizeof *ix);
@@ -414,6 +793,12 @@ int eng_pattern_build(const eng_pattern *p, const float *q, int q_stride, const 
     case ENG_PAT_ASHAPE: return build_ashape(p, n, ix, err);
     case ENG_PAT_VS: return build_vs(p, q, q_stride, k, k_stride, n, d, ix, err);
     case ENG_PAT_BS: return build_bs(p, q, q_stride, k, k_stride, n, d, ix, err);
+    case ENG_PAT_XATTN: return build_xattn(p, q, q_stride, k, k_stride, n, d, ix, err);
+    case ENG_PAT_FLEX: return build_flex(p, q, q_stride, k, k_stride, n, d, ix, err);
+    case ENG_PAT_DMA:
+    case ENG_PAT_NM:
+        return eng_err_set(err, "pattern build: %s keeps a per-row key set that no block index expresses "
+                                "(run it through eng_dma_attend / eng_dma_mask_build)", kind_names[p->kind]);
     default: return eng_err_set(err, "pattern build: unknown kind %d", (int)p->kind);
     }
 }

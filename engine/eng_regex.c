@@ -840,7 +840,7 @@ static long run(mctx *c, const node *nd, size_t pos, const cont *k) {
 int eng_regex_find(const eng_regex *re, const uint32_t *cps, size_t n, size_t from, size_t *ms, size_t *me,
                    eng_err *err) {
     mctx c = {cps, n, 0, 0};
-    for (size_t st = from; st < n; st++) {
+    for (size_t st = from; st <= n; st++) {
         c.depth = 0;
         c.steps = 0;
         long x = run(&c, re->root, st, NULL);

@@ -102,9 +102,10 @@ static void test_exp_sum(void **state) {
 
 /* ------------------------------------------------------------ dense attention */
 
-/* Brute force in double: out (n, H*d), lse (H, n). */
-static void attn_brute(const float *q, const float *k, const float *v, int n, int H, int Hkv, int d, float *out,
-                       float *lse) {
+/* Brute force in double: out (n, H*d), lse (H, n). window > 0: query i sees key j only when
+ * j < sink or i - j < window (A-shape). */
+static void attn_brute_mask(const float *q, const float *k, const float *v, int n, int H, int Hkv, int d, int sink,
+                            int window, float *out, float *lse) {
     double *p = malloc(sizeof(double) * (size_t)n);
     const double sc = 1.0 / sqrt((double)d);
     for (int h = 0; h < H; h++) {
@@ -114,7 +115,7 @@ static void attn_brute(const float *q, const float *k, const float *v, int n, in
             for (int j = 0; j <= i; j++) {
                 double s = 0;
                 for (int c = 0; c < d; c++) s += (double)q[(size_t)i * H * d + h * d + c] * k[(size_t)j * Hkv * d + g * d + c];
-                p[j] = s * sc;
+                p[j] = window > 0 && j >= sink && i - j >= window ? -INFINITY : s * sc;
                 mx = p[j] > mx ? p[j] : mx;
             }
             for (int j = 0; j <= i; j++) sum += (p[j] = exp(p[j] - mx));
@@ -127,6 +128,11 @@ static void attn_brute(const float *q, const float *k, const float *v, int n, in
         }
     }
     free(p);
+}
+
+static void attn_brute(const float *q, const float *k, const float *v, int n, int H, int Hkv, int d, float *out,
+                       float *lse) {
+    attn_brute_mask(q, k, v, n, H, Hkv, d, 0, 0, out, lse);
 }
 
 static void test_dense_attention(void **state) {
@@ -164,6 +170,41 @@ static void test_dense_attention(void **state) {
             free(q), free(k), free(v), free(o), free(ro), free(l), free(rl);
         }
     assert_int_not_equal(be->attention(be, NULL, NULL, NULL, 4, 3, 2, 8, NULL, NULL, NULL, NULL, &err), 0);
+    be->destroy(be);
+}
+
+/* The backend's attention op with per-head indexes: A-shape heads vs masked brute force, and the
+ * LSE is that of the sparse rows. */
+static void test_sparse_attention_op(void **state) {
+    (void)state;
+    const int n = 200, H = 4, Hkv = 2, d = 32, sink = 5, window = 70;
+    eng_err err;
+    eng_backend *be = eng_backend_cpu_create(&err);
+    uint64_t s = 22;
+    float *q = malloc(sizeof(float) * n * H * d), *k = malloc(sizeof(float) * n * Hkv * d);
+    float *v = malloc(sizeof(float) * n * Hkv * d), *o = malloc(sizeof(float) * n * H * d);
+    float *ro = malloc(sizeof(float) * n * H * d), *l = malloc(sizeof(float) * H * n), *rl = malloc(sizeof(float) * H * n);
+    tu_fill(q, (size_t)n * H * d, &s, 2.0f);
+    tu_fill(k, (size_t)n * Hkv * d, &s, 2.0f);
+    tu_fill(v, (size_t)n * Hkv * d, &s, 1.0f);
+    eng_pattern p = eng_pattern_make(ENG_PAT_ASHAPE);
+    p.n_init = sink, p.n_local = window;
+    eng_head_index ix[4];
+    for (int h = 0; h < H; h++) {
+        memset(&ix[h], 0, sizeof ix[h]);
+        assert_int_equal(eng_pattern_build(&p, q + h * d, H * d, k + (h / 2) * d, Hkv * d, n, d, &ix[h], &err), 0);
+    }
+    attn_brute_mask(q, k, v, n, H, Hkv, d, sink, window, ro, rl);
+    double secs = -1;
+    assert_int_equal(be->attention(be, q, k, v, n, H, Hkv, d, ix, o, l, &secs, &err), 0);
+    assert_true(tu_rel_l2(o, ro, (size_t)n * H * d) < 1e-5);
+    for (int i = 0; i < H * n; i++) assert_true(fabsf(l[i] - rl[i]) < 1e-4f);
+    ix[1].n = n - 1; /* an index for another length is refused */
+    assert_int_not_equal(be->attention(be, q, k, v, n, H, Hkv, d, ix, o, l, &secs, &err), 0);
+    assert_non_null(strstr(err.msg, "head 1"));
+    ix[1].n = n;
+    for (int h = 0; h < H; h++) eng_index_free(&ix[h]);
+    free(q), free(k), free(v), free(o), free(ro), free(l), free(rl);
     be->destroy(be);
 }
 
@@ -571,7 +612,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rope_formula),        cmocka_unit_test(test_rope_llama3),
         cmocka_unit_test(test_rmsnorm),             cmocka_unit_test(test_exp_sum),
-        cmocka_unit_test(test_dense_attention),     cmocka_unit_test(test_prefill_vs_double),
+        cmocka_unit_test(test_dense_attention),     cmocka_unit_test(test_sparse_attention_op),
+        cmocka_unit_test(test_prefill_vs_double),
         cmocka_unit_test(test_prefill_bad_input),   cmocka_unit_test(test_prefill_vs_transformers),
         cmocka_unit_test(test_cli_run),
     };

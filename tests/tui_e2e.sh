@@ -12,7 +12,8 @@ for d in samples/models/*/; do [ -f "$d/config.json" ] && { model=${d%/}; break;
 [ -n "$model" ] || model=tests/fixtures/tiny-llama
 prompt=samples/prompts/haystack.txt
 [ -f "$prompt" ] || { head -c 3000 /dev/urandom | base64 > "$out/prompt.txt"; prompt=$out/prompt.txt; }
-sock="attnscope-e2e-$$"
+run=0
+sock="attnscope-e2e-$$-0"
 T() { tmux -L "$sock" -f /dev/null "$@"; }
 term=tmux-256color
 infocmp "$term" >/dev/null 2>&1 || term=xterm-256color
@@ -27,6 +28,8 @@ wait_for() {
 start() { # start ARGS...: the explorer in a fresh 100x32 tmux window; records exit code and stty
     rm -f "$out/exit" "$out/stty"
     T kill-server 2>/dev/null
+    run=$((run + 1))
+    sock="attnscope-e2e-$$-$run" # a fresh server: the old one may still be shutting down
     T new-session -d -s e2e -x 100 -y 32 -c "$PWD" \
         "env TERM=$term LANG=C.UTF-8 LC_ALL=C.UTF-8 $bin tui $* --out-dir $out; echo \$? > $out/exit; stty -a > $out/stty; sleep 60"
 }
