@@ -44,7 +44,8 @@ static void usage(FILE *f) {
             "                    model's max_position_embeddings)\n"
             "  --depths D,...    needle depths in percent of the haystack (default 0,25,50,75,100)\n"
             "  --patterns P,...  dense, ashape, vs, bs (the paper's budgets, scaled to each length by\n"
-            "                    length/--ref-len) or per-head config files (default dense,ashape,vs,bs)\n"
+            "                    length/--ref-len) or per-head config files, used with their budgets as\n"
+            "                    written, as `run --patterns` does (default dense,ashape,vs,bs)\n"
             "  --trials N        prompts per (length, depth) cell (default 4)\n"
             "  --haystack FILE   haystack text (default: the classic repeated filler sentences)\n"
             "  --seed S          seed of the keys (default 1)\n"
@@ -174,7 +175,7 @@ static int item_cfg(const pat_item *it, const eng_model *m, int n, int ref_len, 
         if (it->pat.kind == ENG_PAT_DENSE) return 0;
         eng_pattern_cfg src = {.n_layers = m->cfg.n_layers, .n_heads = m->cfg.n_heads, .def = it->pat};
         if (eng_eval_cfg_scaled(&src, n, ref_len, dst, err)) return -1;
-    } else if (eng_eval_cfg_scaled(&it->pc.cfg, n, it->pc.reference_len, dst, err))
+    } else if (eng_eval_cfg_scaled(&it->pc.cfg, n, 0, dst, err)) /* files: budgets as written, as `run` */
         return -1;
     *use = dst;
     return 0;
@@ -183,7 +184,7 @@ static int item_cfg(const pat_item *it, const eng_model *m, int n, int ref_len, 
 /* "vs(vertical=125,slash=762)" for a named item at length n, "per-head config" for files. */
 static void item_describe(const pat_item *it, int n, int ref_len, char *buf, int cap) {
     if (it->is_file) {
-        snprintf(buf, (size_t)cap, "per-head config%s", it->pc.reference_len ? " (scaled)" : "");
+        snprintf(buf, (size_t)cap, "per-head config (budgets as written)");
         return;
     }
     if (it->pat.kind == ENG_PAT_DENSE) {

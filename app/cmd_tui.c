@@ -339,7 +339,12 @@ int cmd_tui(int argc, char **argv) {
     endwin();
     g_curses_on = 0;
     eng_snapshot_free(snap);
-    if (tui_worker_stop(w, 1500))
-        fprintf(stderr, "attnscope tui: left while the engine was busy (%s); exiting without waiting\n", st.what);
+    if (tui_worker_stop(w, 1500)) {
+        /* The engine is mid-job (a prefill cannot be interrupted): leave now without running exit
+         * handlers, which would tear down the BLAS threads under it. The terminal is restored. */
+        fprintf(stderr, "attnscope tui: left while the engine was busy (%s)\n", st.what);
+        fflush(NULL);
+        _exit(0);
+    }
     return 0;
 }

@@ -21,6 +21,7 @@
 #include "eng_backend.h"
 #include "eng_cpu.h"
 #include "eng_pattern.h"
+#include "eng_dma.h"
 
 #define MLP_ROWS 512    /* rows per MLP chunk: bounds the (rows, F) gate/up buffers */
 #define LM_ROWS 256     /* rows per LM-head chunk */
@@ -285,15 +286,12 @@ static void sparse_part(void *p, int tid, int nt) {
             eng_attn_sparse_head(qh, qd, kh, vh, kvd, j->n, j->d, &j->ix[h], j->out + (size_t)h * j->d, qd, lse);
             continue;
         }
-        eng_head_index ix;
-        memset(&ix, 0, sizeof ix);
-        eng_err e;
-        if (eng_pattern_build(j->pat[h], qh, qd, kh, kvd, j->n, j->d, &ix, &e) != 0) {
+        eng_err e; /* any pattern kind: index, per-row mask (DMA, N:M), optional reshape (eng_dma.h) */
+        if (eng_dma_attend(j->pat[h], qh, qd, kh, vh, kvd, j->n, j->d, j->out + (size_t)h * j->d, qd, lse, NULL, NULL,
+                           &e) != 0) {
             if (atomic_exchange(&j->failed, 1) == 0) eng_err_set(&j->err, "head %d: %s", h, e.msg);
             break;
         }
-        eng_attn_sparse_head(qh, qd, kh, vh, kvd, j->n, j->d, &ix, j->out + (size_t)h * j->d, qd, lse);
-        eng_index_free(&ix);
     }
 }
 

@@ -30,13 +30,36 @@ void eng_metrics_head(const eng_head_index *ix, int n, int d, const float *lse_d
         }
     }
     m->error = m->err_den > 0 ? sqrt(m->err_num / m->err_den) : sqrt(m->err_num);
+    m->err_num_plain = m->err_num;
+    m->error_plain = NAN;
+}
+
+void eng_metrics_set_computed(eng_head_metrics *m, long long computed) {
+    m->computed = computed;
+    m->density = m->causal ? (double)computed / (double)m->causal : 0;
+}
+
+void eng_metrics_set_plain(eng_head_metrics *m, int n, int d, const float *out_dense, const float *out_plain,
+                           int out_stride) {
+    double num = 0;
+    for (int t = 0; t < n; t++) {
+        const float *a = out_plain + (size_t)t * out_stride, *b = out_dense + (size_t)t * out_stride;
+        for (int c = 0; c < d; c++) {
+            double e = (double)a[c] - (double)b[c];
+            num += e * e;
+        }
+    }
+    m->err_num_plain = num;
+    m->error_plain = m->err_den > 0 ? sqrt(num / m->err_den) : sqrt(num);
 }
 
 void eng_metrics_layer(const eng_head_metrics *heads, int n_heads, eng_layer_metrics *m) {
     memset(m, 0, sizeof *m);
     long long comp = 0, caus = 0;
-    double num = 0, den = 0, rs = 0, rmin = n_heads ? 1 : 0;
+    double num = 0, den = 0, rs = 0, rmin = n_heads ? 1 : 0, nump = 0;
     for (int h = 0; h < n_heads; h++) {
+        nump += heads[h].err_num_plain;
+        m->n_reshape += !isnan(heads[h].error_plain);
         comp += heads[h].computed;
         caus += heads[h].causal;
         num += heads[h].err_num;
@@ -49,6 +72,7 @@ void eng_metrics_layer(const eng_head_metrics *heads, int n_heads, eng_layer_met
     m->recall = n_heads ? rs / n_heads : 0;
     m->min_recall = rmin;
     m->error = den > 0 ? sqrt(num / den) : sqrt(num);
+    m->error_plain = den > 0 ? sqrt(nump / den) : sqrt(nump);
 }
 
 double eng_metrics_kl_logits(const float *a, const float *b, int V) {

@@ -15,6 +15,9 @@ typedef struct {
     double min_recall;    /* worst query */
     double err_num, err_den; /* sum (o_s - o_d)^2, sum o_d^2 over the head's (n, d) output */
     double error;         /* sqrt(err_num / err_den): relative L2 of sparse vs dense output */
+    /* Heads run with the reshape option (eng_reshape.h): the same pattern's error WITHOUT the
+     * estimate (error above is with it); NaN and err_num_plain = err_num for other heads. */
+    double err_num_plain, error_plain;
 } eng_head_metrics;
 
 typedef struct {
@@ -23,6 +26,8 @@ typedef struct {
     double min_recall;    /* worst head's recall */
     double error;         /* relative L2 over the whole layer output (all heads) */
     double max_error;     /* worst head's error */
+    double error_plain;   /* relative L2 of the layer output with reshape heads run without it */
+    int n_reshape;        /* heads that ran with the reshape option */
 } eng_layer_metrics;
 
 typedef struct {
@@ -40,6 +45,12 @@ typedef struct {
 void eng_metrics_head(const eng_head_index *ix, int n, int d, const float *lse_dense, const float *lse_sparse,
                       const float *out_dense, const float *out_sparse, int out_stride, eng_head_metrics *m);
 void eng_metrics_layer(const eng_head_metrics *heads, int n_heads, eng_layer_metrics *m);
+/* For patterns without an index (eng_dma.h masks): set computed and density. */
+void eng_metrics_set_computed(eng_head_metrics *m, long long computed);
+/* A reshape head: record the error of its output without the estimate (out_plain, same layout as
+ * eng_metrics_head's outputs). */
+void eng_metrics_set_plain(eng_head_metrics *m, int n, int d, const float *out_dense, const float *out_plain,
+                           int out_stride);
 /* From two prefills of the same tokens (argmax, next_logprob, last_logits filled). */
 int eng_metrics_e2e(const eng_prefill_out *dense, const eng_prefill_out *sparse, eng_e2e_metrics *m, eng_err *err);
 /* KL(p || q) in nats between softmax(a) and softmax(b) over V logits, in double. */

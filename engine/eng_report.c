@@ -9,6 +9,8 @@
 #include <time.h>
 
 #include "eng_attn.h"
+#include "eng_dma.h"
+#include "eng_reshape.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -42,37 +44,72 @@ int eng_report_layer(eng_backend *be, const float *q, const float *k, const floa
         return eng_err_set(err, "layer metrics: bad shape (n %d, heads %d/%d, d %d)", n, H, Hkv, d);
     const int grp = H / Hkv, qd = H * d, kvd = Hkv * d;
     int rc = -1;
+    /* Index kinds run as one layer op on be; DMA / N:M heads get an empty index there (nothing
+     * computed) and run on the CPU mask path (eng_dma.h); reshape heads add the estimate on the
+     * CPU after the sparse pass, keeping the plain output for error_plain. */
+    eng_head_mask *mk = calloc((size_t)H, sizeof *mk);
     eng_head_index *ix = calloc((size_t)H, sizeof *ix);
     const int need_dense = !lse_dense || !out_dense;
     float *od = need_dense ? malloc(sizeof(float) * (size_t)n * qd) : NULL;
     float *ld = need_dense ? malloc(sizeof(float) * (size_t)H * n) : NULL;
     float *os = malloc(sizeof(float) * (size_t)n * qd), *ls = malloc(sizeof(float) * (size_t)H * n);
-    if (!ix || !os || !ls || (need_dense && (!od || !ld))) {
+    float *plain = NULL;
+    int any_reshape = 0;
+    for (int h = 0; h < H; h++) any_reshape |= pats[h]->reshape;
+    if (any_reshape) plain = malloc(sizeof(float) * (size_t)n * qd);
+    if (!mk || !ix || !os || !ls || (need_dense && (!od || !ld)) || (any_reshape && !plain)) {
         eng_err_set(err, "layer metrics: out of memory (%d tokens x %d heads)", n, H);
         goto done;
     }
     for (int h = 0; h < H; h++) {
         eng_err e;
-        if (eng_pattern_build(pats[h], q + (size_t)h * d, qd, k + (size_t)(h / grp) * d, kvd, n, d, &ix[h], &e)) {
+        if (eng_dma_mask_build(pats[h], q + (size_t)h * d, qd, k + (size_t)(h / grp) * d, v + (size_t)(h / grp) * d,
+                               kvd, n, d, &mk[h], &e)) {
             eng_err_set(err, "head %d: %s", h, e.msg);
             goto done;
         }
+        if (mk[h].kind == ENG_MASK_INDEX)
+            ix[h] = mk[h].ix; /* borrowed: freed with the mask */
+        else if (eng_index_alloc(&ix[h], n, 0, 0, err))
+            goto done;
     }
     if (need_dense && eng_report_attention(be, q, k, v, n, H, Hkv, d, NULL, od, ld, err)) goto done;
     if (eng_report_attention(be, q, k, v, n, H, Hkv, d, ix, os, ls, err)) goto done;
+    for (int h = 0; h < H; h++) {
+        const float *qh = q + (size_t)h * d, *kh = k + (size_t)(h / grp) * d, *vh = v + (size_t)(h / grp) * d;
+        if (mk[h].kind != ENG_MASK_INDEX &&
+            eng_dma_attn_head(&mk[h], qh, qd, kh, vh, kvd, n, d, os + (size_t)h * d, qd, ls + (size_t)h * n, NULL, err))
+            goto done;
+        if (!pats[h]->reshape) continue;
+        for (int t = 0; t < n; t++)
+            memcpy(plain + (size_t)t * qd + (size_t)h * d, os + (size_t)t * qd + (size_t)h * d, sizeof(float) * (size_t)d);
+        if (eng_reshape_apply(&mk[h], qh, qd, kh, vh, kvd, n, d, os + (size_t)h * d, qd, ls + (size_t)h * n, NULL,
+                              NULL, err))
+            goto done;
+    }
     const float *lse_d = lse_dense ? lse_dense : ld, *out_d = out_dense ? out_dense : od;
-    for (int h = 0; h < H; h++)
-        eng_metrics_head(&ix[h], n, d, lse_d + (size_t)h * n, ls + (size_t)h * n, out_d + (size_t)h * d,
+    for (int h = 0; h < H; h++) {
+        const int is_ix = mk[h].kind == ENG_MASK_INDEX;
+        eng_metrics_head(is_ix ? &ix[h] : NULL, n, d, lse_d + (size_t)h * n, ls + (size_t)h * n, out_d + (size_t)h * d,
                          os + (size_t)h * d, qd, &m[h]);
+        if (!is_ix) eng_metrics_set_computed(&m[h], eng_dma_mask_count(&mk[h]));
+        if (pats[h]->reshape)
+            eng_metrics_set_plain(&m[h], n, d, out_d + (size_t)h * d, plain + (size_t)h * d, qd);
+    }
     rc = 0;
 done:
-    if (ix)
-        for (int h = 0; h < H; h++) eng_index_free(&ix[h]);
+    if (mk)
+        for (int h = 0; h < H; h++) {
+            if (ix && mk[h].kind != ENG_MASK_INDEX) eng_index_free(&ix[h]);
+            eng_dma_mask_free(&mk[h]);
+        }
+    free(mk);
     free(ix);
     free(od);
     free(os);
     free(ls);
     free(ld);
+    free(plain);
     return rc;
 }
 
@@ -185,6 +222,10 @@ static void add_layer_metrics(cJSON *o, const eng_layer_metrics *lm) {
     cJSON_AddItemToObject(o, "min_head_recall", num(lm->min_recall));
     cJSON_AddItemToObject(o, "error", num(lm->error));
     cJSON_AddItemToObject(o, "max_head_error", num(lm->max_error));
+    if (lm->n_reshape) { /* reshape heads present: the same layer without their estimate */
+        cJSON_AddItemToObject(o, "error_without_reshape", num(lm->error_plain));
+        cJSON_AddNumberToObject(o, "reshape_heads", lm->n_reshape);
+    }
 }
 
 cJSON *eng_report_to_json(const eng_report *rep) {
@@ -236,6 +277,7 @@ cJSON *eng_report_to_json(const eng_report *rep) {
             cJSON_AddItemToObject(H, "recall", num(hm->recall));
             cJSON_AddItemToObject(H, "min_recall", num(hm->min_recall));
             cJSON_AddItemToObject(H, "error", num(hm->error));
+            if (p->reshape) cJSON_AddItemToObject(H, "error_without_reshape", num(hm->error_plain));
         }
     }
     return r;

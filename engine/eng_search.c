@@ -9,6 +9,7 @@
 #include <cjson/cJSON.h>
 
 #include "eng_attn.h"
+#include "eng_dma.h"
 #include "eng_metrics.h"
 #include "eng_report.h"
 
@@ -153,16 +154,17 @@ int eng_search_head(const float *q, int q_stride, const float *k, const float *v
     eng_index_free(&ix);
     for (int c = 0; c < n_cand; c++) {
         eng_err e;
-        if (eng_pattern_build(&cand[c], q, q_stride, k, kv_stride, n, d, &ix, &e)) {
+        long long computed = 0;
+        /* Any kind (index or per-row mask, reshape or not) through the one head entry point. */
+        if (eng_dma_attend(&cand[c], q, q_stride, k, v, kv_stride, n, d, os, d, ls, NULL, &computed, &e)) {
             char desc[128];
             eng_pattern_describe(&cand[c], desc, sizeof desc);
             eng_err_set(err, "search: candidate %d %s: %s", c, desc, e.msg);
             goto done;
         }
-        eng_attn_sparse_head(q, q_stride, k, v, kv_stride, n, d, &ix, os, d, ls);
         eng_head_metrics hm;
-        eng_metrics_head(&ix, n, d, ld, ls, od, os, d, &hm);
-        eng_index_free(&ix);
+        eng_metrics_head(NULL, n, d, ld, ls, od, os, d, &hm);
+        eng_metrics_set_computed(&hm, computed);
         fill_eval(&ev[c], &cand[c], &hm, o->objective);
     }
     *best = eng_search_pick(ev, n_cand, o);

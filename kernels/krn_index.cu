@@ -41,6 +41,7 @@ namespace {
 
 /* Order-preserving map of a double onto unsigned 64-bit keys (larger double -> larger key). */
 __device__ __forceinline__ unsigned long long dkey(double x) {
+    x += 0.0; /* -0.0 -> +0.0: the CPU's comparison treats them as equal */
     unsigned long long u = (unsigned long long)__double_as_longlong(x);
     return (u >> 63) ? ~u : (u | 0x8000000000000000ull);
 }
@@ -75,49 +76,91 @@ template <int NT> __device__ int cta_excl_scan(int v, int *sh, int *tot) {
 
 /* The k largest of sc[0..L) by the CPU's rule (score descending; ties: lower index first, or
  * higher index first when tie_high), written in ascending index order to out[0..k) (or in
- * descending order when reverse). Radix select over 8-bit digits, then one ordered pass. */
+ * descending order when reverse). Parallel radix select: a min/max reduction skips the key bits
+ * every score shares (scores of one row share sign and exponent bits, which made the old 8-pass
+ * select pile every key into one histogram bin), then 8-bit digits from the highest differing bit
+ * with warp-aggregated histogram updates (__match_any_sync) and a parallel bin search (scan over
+ * the 256 bins), stopping as soon as the chosen bin is taken whole; one ordered pass writes out.
+ * NT >= 256. Keys of +0.0 and -0.0 compare equal (as the CPU's comparison). */
 template <int NT>
 __device__ void cta_topk(const double *sc, int L, int k, bool tie_high, int *out, bool reverse) {
+    static_assert(NT >= 256 && NT % 32 == 0, "cta_topk needs >= 256 threads");
     __shared__ unsigned int hist[256];
     __shared__ int scan_sh[NT / 32 + 1];
+    __shared__ unsigned long long s_mm[2][NT / 32];
     __shared__ unsigned long long s_prefix;
-    __shared__ int s_need;
-    const int tid = threadIdx.x;
+    __shared__ int s_need, s_done;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     if (k <= 0) return;
     if (k >= L) {
         for (int i = tid; i < L; i += NT) out[reverse ? L - 1 - i : i] = i;
         return;
     }
-    unsigned long long prefix = 0, mask = 0;
+    /* min and max key -> the common prefix of every key */
+    unsigned long long mn = ~0ull, mx = 0;
+    for (int i = tid; i < L; i += NT) {
+        unsigned long long u = dkey(sc[i]);
+        mn = u < mn ? u : mn;
+        mx = u > mx ? u : mx;
+    }
+#pragma unroll
+    for (int o = 16; o; o >>= 1) {
+        unsigned long long a = __shfl_xor_sync(0xffffffffu, mn, o), b = __shfl_xor_sync(0xffffffffu, mx, o);
+        mn = a < mn ? a : mn;
+        mx = b > mx ? b : mx;
+    }
+    if (lane == 0) s_mm[0][w] = mn, s_mm[1][w] = mx;
+    __syncthreads();
+    mn = s_mm[0][0], mx = s_mm[1][0];
+    for (int i = 1; i < NT / 32; i++) {
+        mn = s_mm[0][i] < mn ? s_mm[0][i] : mn;
+        mx = s_mm[1][i] > mx ? s_mm[1][i] : mx;
+    }
+    int pos = mn == mx ? -1 : 63 - __clzll((long long)(mn ^ mx)); /* highest differing bit */
+    unsigned long long mask = pos >= 63 ? 0ull : ~0ull << (pos + 1);
+    unsigned long long prefix = mn & mask;
     int need = k;
-    for (int shift = 56; shift >= 0; shift -= 8) {
+    while (pos >= 0) {
+        const int wd = pos + 1 < 8 ? pos + 1 : 8, shift = pos + 1 - wd;
+        const unsigned int dmask = (1u << wd) - 1u;
         for (int i = tid; i < 256; i += NT) hist[i] = 0;
         __syncthreads();
-        for (int i = tid; i < L; i += NT) {
-            unsigned long long u = dkey(sc[i]);
-            if ((u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255], 1u);
+        for (int base = 0; base < L; base += NT) { /* warp-uniform trip count for __match_any_sync */
+            const int i = base + tid;
+            int dg = -1;
+            if (i < L) {
+                unsigned long long u = dkey(sc[i]);
+                if ((u & mask) == prefix) dg = (int)((u >> shift) & dmask);
+            }
+            const unsigned peers = __match_any_sync(0xffffffffu, dg);
+            if (dg >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[dg], (unsigned)__popc(peers));
         }
         __syncthreads();
-        if (tid == 0) {
-            int cum = 0, b = 255;
-            for (; b > 0; b--) {
-                if (cum + (int)hist[b] >= need) break;
-                cum += hist[b];
-            }
-            s_need = need - cum;
-            s_prefix = prefix | ((unsigned long long)b << shift);
+        /* bins in descending digit order: thread t looks at digit 255 - t */
+        const int dig = 255 - tid;
+        const int c = (tid < 256 && dig <= (int)dmask) ? (int)hist[dig] : 0;
+        int tot;
+        const int before = cta_excl_scan<NT>(c, scan_sh, &tot);
+        if (c > 0 && before < need && need <= before + c) {
+            s_need = need - before;
+            s_prefix = prefix | ((unsigned long long)dig << shift);
+            s_done = need - before == c; /* the whole bin is taken: no further digit matters */
         }
         __syncthreads();
         prefix = s_prefix;
         need = s_need;
-        mask |= 255ull << shift;
+        mask |= (unsigned long long)dmask << shift;
+        pos -= wd;
+        const int done = s_done;
         __syncthreads();
+        if (done) break;
     }
-    /* prefix is the k-th largest key; take every greater key and `need` of the equal ones. */
+    /* Keys whose masked value is > prefix are in; `need` of those equal to it (all of them when the
+     * loop stopped early) are taken by the tie rule. */
     const int chunk = (L + NT - 1) / NT, i0 = min(L, tid * chunk), i1 = min(L, i0 + chunk);
     int gt = 0, eq = 0;
     for (int i = i0; i < i1; i++) {
-        unsigned long long u = dkey(sc[i]);
+        unsigned long long u = dkey(sc[i]) & mask;
         gt += u > prefix;
         eq += u == prefix;
     }
@@ -126,10 +169,10 @@ __device__ void cta_topk(const double *sc, int L, int k, bool tie_high, int *out
     int take;
     if (!tie_high) take = max(0, min(eq, need - eq_before));
     else take = max(0, min(eq, need - (eq_tot - eq_before - eq)));
-    int pos = cta_excl_scan<NT>(gt + take, scan_sh, &sel_tot);
+    int p = cta_excl_scan<NT>(gt + take, scan_sh, &sel_tot);
     int skip = tie_high ? eq - take : 0; /* equal keys to pass over before taking (tie_high) */
     for (int i = i0; i < i1; i++) {
-        unsigned long long u = dkey(sc[i]);
+        unsigned long long u = dkey(sc[i]) & mask;
         bool s = u > prefix;
         if (u == prefix) {
             if (skip > 0) skip--;
@@ -139,8 +182,8 @@ __device__ void cta_topk(const double *sc, int L, int k, bool tie_high, int *out
             }
         }
         if (s) {
-            out[reverse ? k - 1 - pos : pos] = i;
-            pos++;
+            out[reverse ? k - 1 - p : p] = i;
+            p++;
         }
     }
 }

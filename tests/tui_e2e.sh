@@ -99,10 +99,15 @@ wait_for 'Heads density' 5 || fail "not redrawn after growing"
 T send-keys -t e2e q
 finished
 
-# Ctrl-C quits cleanly too, even while the prefill runs
-start --model tests/fixtures/tiny-llama --prompt "$prompt" --no-color
+# Ctrl-C quits cleanly too, even while the prefill runs (the full-length prompt keeps it busy)
+start --model "$model" --prompt "$prompt" --no-color
 wait_for 'attnscope \|' 20 || fail "second start did not draw"
 T send-keys -t e2e C-c
+finished
+# and q after the analysis, in monochrome
+start --model tests/fixtures/tiny-llama --prompt "$prompt" --no-color --max-tokens 512
+wait_for 'ready, prefill' 60 || fail "tiny model never became ready"
+T send-keys -t e2e q
 finished
 T kill-server 2>/dev/null
 echo "tui e2e: all steps passed" >&2
