@@ -15,7 +15,9 @@
 #include "eng_model.h"
 #include "cli_report.h"
 #include "eng_patcfg.h"
+#include "eng_metrics.h"
 #include "eng_report.h"
+#include "eng_transform.h"
 #include "eng_tok.h"
 
 #define PROMPT_MAX_BYTES (64u << 20)
@@ -24,7 +26,7 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: attnscope run --model DIR (--prompt FILE | --text STR | --tokens 1,2,3) [--json OUT]\n"
             "                     [--logits-out OUT.json] [--backend auto|cpu|cuda] [--patterns CFG.json]\n"
-            "                     [--generate N]\n\n"
+            "                     [--generate N] [--transform 24|int8|24+int8]\n\n"
             "Prefill one prompt and print the tokens, time, backend and the top-5 next tokens.\n\n"
             "  --model DIR         Hugging Face checkpoint directory (required)\n"
             "  --prompt FILE       prompt text from a file (encoded with the model's tokenizer, BOS first)\n"
@@ -34,6 +36,9 @@ static void usage(FILE *f) {
             "  --logits-out OUT    write the last position's logits as a JSON array of numbers\n"
             "  --backend B         auto (CUDA when usable, else CPU; default), cpu or cuda\n"
             "  --patterns CFG      per-head sparse pattern config (JSON) instead of dense attention\n"
+            "  --transform T       run a transformed copy of the model: 24 (one-shot 2:4 magnitude pruning),\n"
+            "                      int8 (symmetric per-channel INT8, dequantised) or 24+int8, of the\n"
+            "                      attention and MLP weights; reports KL/top-1/perplexity vs the original\n"
             "  --generate N        then generate N tokens greedily (dense KV-cache decode, CPU) and print them\n"
             "  -h, --help          this help\n");
 }
@@ -140,7 +145,7 @@ static cJSON *json_num(double x) { return isfinite(x) ? cJSON_CreateNumber(x) : 
 
 static int write_report(const char *path, const eng_model *m, const eng_backend *be, const eng_prefill_out *o,
                         const top_tok *top, int ntop, const eng_tokenizer *tok, const char *patterns,
-                        const eng_report *rep) {
+                        const eng_report *rep, cJSON *transform) {
     cJSON *r = cJSON_CreateObject();
     cJSON_AddStringToObject(r, "command", cli_cmdline);
     cJSON_AddStringToObject(r, "model", m->dir);
@@ -154,6 +159,7 @@ static int write_report(const char *path, const eng_model *m, const eng_backend 
     else
         cJSON_AddNullToObject(r, "patterns");
     if (rep) cJSON_AddItemToObject(r, "pattern_report", eng_report_to_json(rep)); /* every per-head number */
+    if (transform) cJSON_AddItemToObject(r, "transform", transform);
     cJSON_AddNumberToObject(r, "n_tokens", o->n);
     cJSON_AddItemToObject(r, "seconds", json_num(o->seconds));
     cJSON_AddItemToObject(r, "tokens_per_second", json_num(o->n / o->seconds));
@@ -200,10 +206,11 @@ int cmd_run(int argc, char **argv) {
         {"text", required_argument, 0, 't'},    {"tokens", required_argument, 0, 'k'},
         {"json", required_argument, 0, 'j'},    {"logits-out", required_argument, 0, 'o'},
         {"backend", required_argument, 0, 'b'}, {"patterns", required_argument, 0, 'P'},
-        {"generate", required_argument, 0, 'G'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+        {"generate", required_argument, 0, 'G'}, {"transform", required_argument, 0, 'X'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0},
     };
     const char *model_dir = NULL, *prompt = NULL, *text = NULL, *tokens_s = NULL, *json = NULL, *logits_out = NULL;
-    const char *backend = "auto", *patterns = NULL;
+    const char *backend = "auto", *patterns = NULL, *transform = NULL;
     int generate = 0;
     optind = 1;
     opterr = 0;
@@ -218,6 +225,7 @@ int cmd_run(int argc, char **argv) {
         case 'o': logits_out = optarg; break;
         case 'b': backend = optarg; break;
         case 'P': patterns = optarg; break;
+        case 'X': transform = optarg; break;
         case 'G':
             if (cli_parse_int("run", "--generate", optarg, 0, 1 << 20, &generate)) return 2;
             break;
@@ -253,8 +261,22 @@ int cmd_run(int argc, char **argv) {
         return 2;
     }
 
+    unsigned xf_flags = 0;
+    if (transform && eng_transform_parse(transform, &xf_flags, &(eng_err){{0}})) {
+        cli_error("run", "--transform: bad value '%s' (want 24, int8 or 24+int8)", transform);
+        usage(stderr);
+        return 2;
+    }
+
     int rc = 1;
     eng_err err = {{0}};
+    eng_transformed xf; /* --transform: the transformed copy, its reference prefill and comparison */
+    memset(&xf, 0, sizeof xf);
+    eng_prefill_out base;
+    memset(&base, 0, sizeof base);
+    eng_e2e_metrics xm;
+    memset(&xm, 0, sizeof xm);
+    cJSON *xj = NULL;
     eng_model *m = NULL;
     eng_tokenizer *tok = NULL;
     eng_backend *be = NULL;
@@ -305,12 +327,43 @@ int cmd_run(int argc, char **argv) {
         goto done;
     }
     eng_prefill_opts po = {.patterns = patterns ? &pcfg.cfg : NULL, .keep_qkv = generate > 0};
+    /* --transform: the original model's prefill (same patterns) is the reference; everything
+     * below then runs on the transformed copy mr. */
+    const eng_model *mr = m;
+    if (transform) {
+        eng_prefill_opts bo = {.patterns = po.patterns};
+        if (be->prefill(be, m, ids, n, &bo, &base, &err)) {
+            cli_error("run", "prefill (original model): %s", err.msg);
+            goto done;
+        }
+        if (eng_transform_model(m, xf_flags, &xf, &err)) {
+            cli_error("run", "--transform %s: %s", transform, err.msg);
+            goto done;
+        }
+        mr = &xf.model;
+    }
     /* --patterns: dense + sparse prefill and per-head metrics; out is the sparse prefill. */
     eng_report_opts ro = {.progress = cli_report_progress};
-    if (patterns ? eng_report_run(be, m, ids, n, &pcfg.cfg, &ro, &rep, &out, &err)
-                 : be->prefill(be, m, ids, n, &po, &out, &err)) {
+    if (patterns ? eng_report_run(be, mr, ids, n, &pcfg.cfg, &ro, &rep, &out, &err)
+                 : be->prefill(be, mr, ids, n, &po, &out, &err)) {
         cli_error("run", "prefill: %s", err.msg);
         goto done;
+    }
+    if (transform) {
+        if (eng_metrics_e2e(&base, &out, &xm, &err)) {
+            cli_error("run", "--transform: %s", err.msg);
+            goto done;
+        }
+        xj = cJSON_CreateObject();
+        cJSON_AddStringToObject(xj, "transform", eng_transform_name(xf_flags));
+        cJSON_AddNumberToObject(xj, "weights", (double)xf.n_weights);
+        cJSON_AddItemToObject(xj, "zero_fraction", json_num(xf.n_weights ? (double)xf.n_zero / xf.n_weights : 0));
+        cJSON_AddItemToObject(xj, "weight_rel_err", json_num(xf.rel_err));
+        cJSON_AddItemToObject(xj, "kl_last", json_num(xm.kl_last));
+        cJSON_AddItemToObject(xj, "top1_agree", json_num(xm.top1_agree));
+        cJSON_AddItemToObject(xj, "ppl_original", json_num(xm.ppl_dense));
+        cJSON_AddItemToObject(xj, "ppl_transformed", json_num(xm.ppl_sparse));
+        cJSON_AddStringToObject(xj, "compared_to", "the untransformed model with the same --patterns (dense if none)");
     }
 
     top_tok top[5];
@@ -334,12 +387,17 @@ int cmd_run(int argc, char **argv) {
     }
     if (patterns) printf("patterns: %s (sparse prefill)\n", patterns);
     if (patterns) cli_report_print(stdout, &rep);
+    if (transform)
+        printf("transform: %s of attention+MLP weights (%.1f%% zero, weight rel err %.4f) vs the original model:\n"
+               "           KL(last) %.6f nats, top-1 agree %.4f, perplexity %.3f -> %.3f\n",
+               eng_transform_name(xf_flags), xf.n_weights ? 100.0 * (double)xf.n_zero / xf.n_weights : 0.0,
+               xf.rel_err, xm.kl_last, xm.top1_agree, xm.ppl_dense, xm.ppl_sparse);
     if (generate > 0) {
         /* the dense prefill kept K/V; a sparse one is redone with K/V kept (the report's is not) */
         eng_generation g;
         const int stop = tok ? eng_tok_eos_id(tok) : -1;
-        if (out.k ? eng_decode_continue(m, &out, generate, stop, &g, &err)
-                  : eng_decode_greedy(be, m, ids, n, &po, generate, stop, &g, &err)) {
+        if (out.k ? eng_decode_continue(mr, &out, generate, stop, &g, &err)
+                  : eng_decode_greedy(be, mr, ids, n, &po, generate, stop, &g, &err)) {
             cli_error("run", "generate: %s", err.msg);
             goto done;
         }
@@ -359,8 +417,12 @@ int cmd_run(int argc, char **argv) {
 
     rc = 0;
     if (logits_out && write_logits(logits_out, out.last_logits, out.vocab)) rc = 1;
-    if (json && write_report(json, m, be, &out, top, ntop, tok, patterns, patterns ? &rep : NULL)) rc = 1;
+    if (json && write_report(json, m, be, &out, top, ntop, tok, patterns, patterns ? &rep : NULL, xj)) rc = 1;
+    if (json) xj = NULL; /* the report owns it now */
 done:
+    cJSON_Delete(xj);
+    eng_prefill_out_free(&base);
+    eng_transform_free(&xf);
     eng_prefill_out_free(&out);
     if (be) be->destroy(be);
     eng_tok_free(tok);

@@ -80,6 +80,7 @@ struct eng_tokenizer {
 
     int byte_level, byte_fallback, unk, fuse_unk, ignore_merges;
     int byte_id[256];        /* byte-level: id of the mapped char; else id of <0xNN> (or -1) */
+    short cp_byte[0x144];    /* inverse of byte_to_cp: code point -> byte, -1 where none */
     added_tok *added;        /* sorted by first byte, then longest first */
     int nadded;
     int added_start[257];    /* added[added_start[b] .. added_start[b+1]) begin with byte b */
@@ -331,6 +332,8 @@ static eng_tokenizer *tok_alloc(int n, eng_err *err) {
     t->bytes_len = calloc((size_t)n, sizeof *t->bytes_len);
     t->special = calloc((size_t)n, 1);
     for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
+    for (int c = 0; c < 0x144; c++) t->cp_byte[c] = -1;
+    for (int b = 0; b < 256; b++) t->cp_byte[byte_to_cp(b)] = (short)b;
     if (!t->raw || !t->raw_len || !t->piece || !t->bytes || !t->bytes_len || !t->special) {
         eng_tok_free(t);
         eng_err_set(err, "tokenizer: out of memory for %d tokens", n);
@@ -357,15 +360,7 @@ static int token_bytes(const eng_tokenizer *t, const char *s, size_t n, buf *o) 
         if (eng_regex_utf8_decode(s, n, &cps, NULL, &m, NULL)) return -1;
         for (size_t i = 0; i < m; i++) {
             uint32_t c = cps[i];
-            int b = -1;
-            if (c < 0x100 && byte_to_cp((int)c) == c) b = (int)c;
-            else if (c >= 0x100 && c < 0x144) {
-                for (int x = 0; x < 256; x++) /* 68 remapped bytes: invert by search, load time only */
-                    if (byte_to_cp(x) == c) {
-                        b = x;
-                        break;
-                    }
-            }
+            int b = c < 0x144 ? t->cp_byte[c] : -1;
             char tmp[4];
             int l = b >= 0 ? (tmp[0] = (char)b, 1) : eng_regex_utf8_put(c, tmp);
             if (buf_put(o, tmp, (size_t)l)) {

@@ -316,42 +316,71 @@ __global__ void vs_convert(int n, int nh, int h0, int kv, int ks, const int *vse
 
 /* ---- block-sparse -------------------------------------------------------------------------- */
 
-/* Mean over each 64-token block, float sums in token order (as the CPU). grid (n_rb, heads). */
-__global__ void bs_pool(const __nv_bfloat16 *x, int stride, int head0, int d, int n, float *pool) {
+/* Mean over each 64-token block, float sums in token order (as the CPU). grid (n_rb, heads).
+ * Layout: pool[(hh * n_rb + b) * d + c], or transposed pool[(hh * d + c) * n_rb + b] (keys, so
+ * that bs_rows' threads, one per key block, read consecutive addresses). */
+__global__ void bs_pool(const __nv_bfloat16 *x, int stride, int head0, int d, int n, float *pool, int transposed) {
     const int b = blockIdx.x, hh = blockIdx.y, n_rb = gridDim.x;
     const int t0 = b * B64, t1 = min(t0 + B64, n);
     for (int c = threadIdx.x; c < d; c += blockDim.x) {
         float acc = 0.f;
         for (int t = t0; t < t1; t++) acc += __bfloat162float(x[(size_t)t * stride + (size_t)(head0 + hh) * d + c]);
-        pool[((size_t)hh * n_rb + b) * d + c] = acc / (float)(t1 - t0);
+        const float m = acc / (float)(t1 - t0);
+        if (transposed) pool[((size_t)hh * d + c) * n_rb + b] = m;
+        else pool[((size_t)hh * n_rb + b) * d + c] = m;
     }
 }
 
-/* One CTA per (row block, head): double scores of the earlier blocks, top kk-1 (ties: later), then
- * the diagonal; offsets ascending. */
+#define BS_HC 4 /* query heads of one GQA group per CTA: each K-pool load feeds BS_HC dot products */
+struct bs_chunks {
+    int n;
+    int h[64][2]; /* first head (relative to h0) and count of each chunk; all in one KV group */
+};
+
+/* One CTA per (row block, chunk of <= BS_HC query heads sharing a KV head): double scores
+ * q_pool . k_pool of the earlier blocks (c = 0..d-1 in order, products exact in double: the CPU's
+ * sums bit for bit), then per head the top kk-1 (ties: later block) and the diagonal; offsets
+ * ascending. Shared: hc * n_rb doubles + hc * d floats. */
 template <int NT>
-__global__ void bs_rows(const float *qp, const float *kp, int d, int kk, int h0, int g, krn_index_dev ix) {
+__global__ void __launch_bounds__(NT) bs_rows(const float *qp, const float *kpT, int d, int kk, int h0, int g,
+                                              bs_chunks ch, krn_index_dev ix) {
     extern __shared__ double sc[];
-    const int rb = blockIdx.x, hh = blockIdx.y, n_rb = ix.n_rb;
-    const int hk = (h0 + hh) / g;
-    const float *qo = qp + ((size_t)hh * n_rb + rb) * d;
+    const int rb = blockIdx.x, n_rb = ix.n_rb;
+    const int c0 = blockIdx.y * 16; /* gridDim.y = ceil(ch.n / 16): 16 chunks per y slot, one per z */
+    const int ci = c0 + blockIdx.z;
+    if (ci >= ch.n) return;
+    const int hh0 = ch.h[ci][0], hc = ch.h[ci][1];
+    const int hk = (h0 + hh0) / g;
+    float *qs = (float *)(sc + (size_t)hc * n_rb);
+    for (int i = threadIdx.x; i < hc * d; i += NT) qs[i] = qp[((size_t)(hh0 + i / d) * n_rb + rb) * d + i % d];
+    __syncthreads();
+    const float *kt = kpT + (size_t)hk * d * n_rb;
     for (int kb = threadIdx.x; kb < rb; kb += NT) {
-        const float *ko = kp + ((size_t)hk * n_rb + kb) * d;
-        double s = 0;
-        for (int c = 0; c < d; c++) s += (double)qo[c] * ko[c];
-        sc[kb] = s;
+        double acc[BS_HC] = {0, 0, 0, 0};
+        for (int c = 0; c < d; c++) {
+            const double kv = (double)kt[(size_t)c * n_rb + kb];
+#pragma unroll
+            for (int j = 0; j < BS_HC; j++)
+                if (j < hc) acc[j] = fma((double)qs[j * d + c], kv, acc[j]);
+        }
+#pragma unroll
+        for (int j = 0; j < BS_HC; j++)
+            if (j < hc) sc[(size_t)j * n_rb + kb] = acc[j];
     }
     __syncthreads();
-    const size_t row = (size_t)(h0 + hh) * n_rb + rb;
-    int *bo = ix.block_offset + row * ix.max_blocks;
     const int take = min(kk - 1, rb);
-    cta_topk<NT>(sc, rb, take, true, bo, false);
-    __syncthreads();
-    for (int i = threadIdx.x; i < take; i += NT) bo[i] *= B64;
-    if (threadIdx.x == 0) {
-        bo[take] = rb * B64;
-        ix.block_count[row] = take + 1;
-        ix.column_count[row] = 0;
+    for (int j = 0; j < hc; j++) {
+        const size_t row = (size_t)(h0 + hh0 + j) * n_rb + rb;
+        int *bo = ix.block_offset + row * ix.max_blocks;
+        cta_topk<NT>(sc + (size_t)j * n_rb, rb, take, true, bo, false);
+        __syncthreads();
+        for (int i = threadIdx.x; i < take; i += NT) bo[i] *= B64;
+        if (threadIdx.x == 0) {
+            bo[take] = rb * B64;
+            ix.block_count[row] = take + 1;
+            ix.column_count[row] = 0;
+        }
+        __syncthreads();
     }
 }
 
@@ -531,16 +560,33 @@ extern "C" int krn_index_build(const eng_pattern *p, const krn_attn_args *a, int
         size_t kb = align256((size_t)a->Hkv * n_rb * d * sizeof(float));
         if (ws_reserve(ws, qb + kb, err)) return -1;
         float *qp = (float *)ws->buf, *kp = (float *)((char *)ws->buf + qb);
-        bs_pool<<<dim3(n_rb, nh), 128, 0, st>>>((const __nv_bfloat16 *)a->q, a->q_stride, h0, d, n, qp);
+        bs_pool<<<dim3(n_rb, nh), 128, 0, st>>>((const __nv_bfloat16 *)a->q, a->q_stride, h0, d, n, qp, 0);
         LAUNCH_RET("bs_pool q");
-        /* K pools stored at their absolute KV head index so bs_rows can address hk directly. */
+        /* K pools (transposed) stored at their absolute KV head index so bs_rows addresses hk directly. */
         bs_pool<<<dim3(n_rb, nkv), 128, 0, st>>>((const __nv_bfloat16 *)a->k, a->kv_stride, hk0, d, n,
-                                                kp + (size_t)hk0 * n_rb * d);
+                                                kp + (size_t)hk0 * n_rb * d, 1);
         LAUNCH_RET("bs_pool k");
-        const size_t smem = (size_t)n_rb * sizeof(double);
-        if (smem > 227 * 1024) return eng_err_set(err, "bs: %d row blocks exceed shared memory", n_rb);
+        /* Head chunks: as many heads of one KV group as shared memory allows (<= BS_HC). */
+        const size_t smem_cap = 200 * 1024, per_head = (size_t)n_rb * sizeof(double) + (size_t)d * sizeof(float);
+        int hc = (int)(smem_cap / per_head);
+        if (hc < 1) return eng_err_set(err, "bs: %d row blocks exceed shared memory (n = %d)", n_rb, n);
+        hc = hc < BS_HC ? hc : BS_HC;
+        bs_chunks ch;
+        ch.n = 0;
+        for (int h = h0; h < h0 + nh;) {
+            int e = h + hc;
+            const int gend = (h / g + 1) * g;
+            e = e < gend ? e : gend;
+            e = e < h0 + nh ? e : h0 + nh;
+            if (ch.n == 64) return eng_err_set(err, "bs: more than 64 head chunks (%d heads)", nh);
+            ch.h[ch.n][0] = h - h0, ch.h[ch.n][1] = e - h;
+            ch.n++;
+            h = e;
+        }
+        const size_t smem = (size_t)hc * per_head;
         CUDA_RET(cudaFuncSetAttribute(bs_rows<256>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        bs_rows<256><<<dim3(n_rb, nh), 256, smem, st>>>(qp, kp, d, kk, h0, g, *ix);
+        const int gy = (ch.n + 15) / 16, gz = ch.n < 16 ? ch.n : 16;
+        bs_rows<256><<<dim3(n_rb, gy, gz), 256, smem, st>>>(qp, kp, d, kk, h0, g, ch, *ix);
         LAUNCH_RET("bs_rows");
         return 0;
     }

@@ -237,9 +237,83 @@ static void test_index_vs_cpu(void **state) {
     assert_true(worst_vs >= 0.97);
 }
 
+/* Block-sparse at long N (hundreds to a thousand row blocks, where the parallel top-k's digit
+ * passes and early exit matter) against the CPU, exactly: GQA groups split into several head
+ * chunks (g = 6 -> 4 + 2), heads built all at once and one at a time (h0 > 0, as the prefill
+ * does), and duplicated K blocks so that exact score ties exercise the "later block" rule. */
+static void test_bs_long_vs_cpu(void **state) {
+    (void)state;
+    if (!have_gpu()) skip();
+    uint64_t seed = 0x9e3779b97f4a7c15ULL ^ (uint64_t)time(NULL);
+    static const int cfg[][4] = {{20011, 6, 1, 64}, {65569, 4, 1, 128}, {40000, 8, 2, 128}};
+    for (int ci = 0; ci < 3; ci++) {
+        const int n = cfg[ci][0], H = cfg[ci][1], Hkv = cfg[ci][2], d = cfg[ci][3], g = H / Hkv;
+        prob p;
+        prob_init(&p, n, H, Hkv, d, seed += 0x2545f4914f6cdd1dULL);
+        /* copy key block 3 into every 4th full block from 8 on: a quarter of the candidates share
+         * one score, so many rows' top-k boundary falls inside a tie group */
+        const int n_rb = (n + 63) / 64;
+        for (int b = 8; b + 1 < n_rb; b += 4)
+            for (int t = 0; t < 64; t++)
+                memcpy(p.k + (size_t)(b * 64 + t) * Hkv * d, p.k + (size_t)(3 * 64 + t) * Hkv * d,
+                       sizeof(float) * Hkv * d);
+        {
+            size_t nk = (size_t)n * Hkv * d;
+            uint16_t *b = malloc(nk * 2);
+            assert_non_null(b);
+            for (size_t i = 0; i < nk; i++) b[i] = f2bf(p.k[i]);
+            CK(cudaMemcpy(p.dk, b, nk * 2, cudaMemcpyHostToDevice));
+            free(b);
+        }
+        eng_pattern pat;
+        memset(&pat, 0, sizeof pat);
+        pat.kind = ENG_PAT_BS, pat.topk = ci == 0 ? 37 : 100;
+        eng_err err = {{0}};
+        krn_index_ws *ws = NULL;
+        if (krn_index_ws_create(&ws, &err)) fail_msg("%s", err.msg);
+        int mb, mc;
+        krn_index_capacity(&pat, n, &mb, &mc);
+        krn_attn_args a = prob_args(&p);
+        eng_head_index *cpu = calloc((size_t)H, sizeof *cpu);
+        assert_non_null(cpu);
+        for (int h = 0; h < H; h++)
+            if (eng_pattern_build(&pat, p.q + h * d, H * d, p.k + (h / g) * d, Hkv * d, n, d, &cpu[h], &err))
+                fail_msg("eng_pattern_build: %s", err.msg);
+        for (int mode = 0; mode < 2; mode++) {
+            krn_index_dev dx;
+            if (krn_index_dev_alloc(&dx, H, n, mb, mc, &err)) fail_msg("%s", err.msg);
+            if (mode == 0) {
+                if (krn_index_build(&pat, &a, 0, H, &dx, ws, 0, &err)) fail_msg("krn_index_build: %s", err.msg);
+            } else {
+                for (int h = 0; h < H; h++)
+                    if (krn_index_build(&pat, &a, h, 1, &dx, ws, 0, &err)) fail_msg("krn_index_build: %s", err.msg);
+            }
+            eng_head_index *gpu = calloc((size_t)H, sizeof *gpu);
+            assert_non_null(gpu);
+            download(&dx, H, gpu);
+            int same = 0, total = 0;
+            for (int h = 0; h < H; h++) {
+                same += rows_equal(&gpu[h], &cpu[h]);
+                total += gpu[h].n_rb;
+                eng_index_free(&gpu[h]);
+            }
+            free(gpu);
+            printf("  bs(topk=%d) n=%d H=%d Hkv=%d d=%d %s: rows equal to CPU %d/%d\n", pat.topk, n, H, Hkv, d,
+                   mode ? "head by head" : "all heads", same, total);
+            if (same != total) fail_msg("bs n=%d: %d of %d row blocks differ from the CPU index", n, total - same, total);
+            krn_index_dev_free(&dx);
+        }
+        for (int h = 0; h < H; h++) eng_index_free(&cpu[h]);
+        free(cpu);
+        krn_index_ws_free(ws);
+        prob_free(&p);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_index_vs_cpu),
+        cmocka_unit_test(test_bs_long_vs_cpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -222,8 +222,8 @@ static void test_malformed(void **state) {
          "[{\"layer\": 0, \"heads\": [{\"head\": 1, \"pattern\": \"bs\"}, {\"head\": 1, \"pattern\": \"vs\"}]}]}",
          "layer 0 head 1", "listed twice"},
         {"{\"format\": \"attnscope-patterns\", \"version\": 1, \"n_layers\": 2, \"n_heads\": 4, \"layers\": "
-         "[{\"layer\": 0, \"heads\": [{\"head\": 1, \"pattern\": \"xattn\"}]}]}",
-         "layer 0 head 1", "unknown \"xattn\""},
+         "[{\"layer\": 0, \"heads\": [{\"head\": 1, \"pattern\": \"lightning\"}]}]}",
+         "layer 0 head 1", "unknown \"lightning\""},
         {"{\"format\": \"attnscope-patterns\", \"version\": 1, \"n_layers\": 2, \"n_heads\": 4, \"layers\": "
          "[{\"layer\": 0, \"heads\": [{\"head\": 1, \"pattern\": \"ashape\", \"n_local\": 0}]}]}",
          "layer 0 head 1", "n_local: 0 outside"},

