@@ -50,8 +50,17 @@ struct dlayer {
     bf16 *attn_norm, *wqkv, *bqkv, *wo, *ffn_norm, *wgu, *wdown;
 };
 
-/* Copy a tensor's elements [0, numel) to dst (bf16 device) at element offset off. */
-int upload(const eng_tensor *t, bf16 *dst, float *stage, size_t stage_elems, cudaStream_t st, eng_err *err) {
+/* Copy a tensor's elements [0, numel) to dst (bf16 device). Synthetic models (seed != 0, no data)
+ * fill on the device instead: 1-D tensors of a norm get 1, biases uniform +-0.02, matrices uniform
+ * with std 1/sqrt(in_features) (shape[1]) so activations keep their scale through the layers, the
+ * embedding uniform [-1, 1). `salt` makes every tensor's stream different. */
+int upload(const eng_tensor *t, bf16 *dst, float *stage, size_t stage_elems, cudaStream_t st, eng_err *err,
+           uint64_t seed = 0, uint64_t salt = 0) {
+    if (seed) {
+        if (t->ndim == 1 && strstr(t->name, "norm")) return krn_fill_bf16(dst, (size_t)t->numel, 1.0f, st, err);
+        const float sc = t->ndim == 1 ? 0.02f : strstr(t->name, "embed") ? 1.0f : sqrtf(3.0f / (float)t->shape[1]);
+        return krn_fill_random_bf16(dst, (size_t)t->numel, seed * 0x9e3779b97f4a7c15ull + salt, sc, st, err);
+    }
     /* Every copy is ordered on st (a non-blocking stream: a plain cudaMemcpy from pageable memory
      * may still be in flight when st's kernels read the destination). */
     if (t->dtype == ENG_DT_BF16) {
@@ -153,8 +162,17 @@ int keep_slice(const bf16 *src, int n, int w, int stride, bf16 *tmp, float *tmpf
 
 } /* namespace */
 
-extern "C" int krn_prefill_run(int dev, cudaStream_t st, const eng_model *m, const int *tokens, int n,
-                               const eng_prefill_opts *opts, eng_prefill_out *out, eng_err *err) {
+/* Heads h and h + 1 get the same index from one build call when their patterns agree. */
+static bool same_pattern(const eng_pattern *a, const eng_pattern *b) {
+    if (!a || !b) return a == b;
+    return a->kind == b->kind && a->n_init == b->n_init && a->n_local == b->n_local && a->vertical == b->vertical &&
+           a->slash == b->slash && a->topk == b->topk;
+}
+
+/* The prefill proper: weights from m's tensors, or (seed != 0) random on the device with m's
+ * shapes; *setup_s receives the seconds spent before the first layer (weights, buffers). */
+static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t seed, const int *tokens, int n,
+                 const eng_prefill_opts *opts, eng_prefill_out *out, double *setup_s, eng_err *err) {
     memset(out, 0, sizeof *out);
     const eng_config *c = &m->cfg;
     const int C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size, L = c->n_layers;
@@ -179,7 +197,7 @@ extern "C" int krn_prefill_run(int dev, cudaStream_t st, const eng_model *m, con
     /* ---- memory estimate (bytes) before any allocation ---- */
     const size_t layer_w = (size_t)2 * C + (size_t)qkvd * C + (c->qkv_bias ? qkvd : 0) + (size_t)C * qd +
                            (size_t)3 * F * C;
-    const int tied = c->tie_word_embeddings || m->lm_head.data == m->embed.data;
+    const int tied = c->tie_word_embeddings || (!seed && m->lm_head.data == m->embed.data);
     const size_t w_bytes = 2 * (layer_w * L + (size_t)V * C * (tied ? 1 : 2) + C);
     const int mr = n < MLP_ROWS ? n : MLP_ROWS, lr = n < LM_ROWS ? n : LM_ROWS;
     int mb = 0, mc = 0;
@@ -250,14 +268,14 @@ extern "C" int krn_prefill_run(int dev, cudaStream_t st, const eng_model *m, con
     BLAS_TRY(cublasSetStream(blas, st));
     CUDA_TRY(cudaMalloc((void **)&stage, stage_elems * 4));
     CUDA_TRY(cudaMalloc((void **)&embed, (size_t)V * C * 2));
-    if (upload(&m->embed, embed, stage, stage_elems, st, err)) goto fail;
+    if (upload(&m->embed, embed, stage, stage_elems, st, err, seed, 1)) goto fail;
     if (tied) lmw = embed;
     else {
         CUDA_TRY(cudaMalloc((void **)&lmw, (size_t)V * C * 2));
-        if (upload(&m->lm_head, lmw, stage, stage_elems, st, err)) goto fail;
+        if (upload(&m->lm_head, lmw, stage, stage_elems, st, err, seed, 2)) goto fail;
     }
     CUDA_TRY(cudaMalloc((void **)&fnorm, (size_t)C * 2));
-    if (upload(&m->final_norm, fnorm, stage, stage_elems, st, err)) goto fail;
+    if (upload(&m->final_norm, fnorm, stage, stage_elems, st, err, seed, 3)) goto fail;
     for (int l = 0; l < L; l++) {
         const eng_layer_weights *w = &m->layers[l];
         dlayer *D = &dl[l];
@@ -267,21 +285,22 @@ extern "C" int krn_prefill_run(int dev, cudaStream_t st, const eng_model *m, con
         CUDA_TRY(cudaMalloc((void **)&D->wo, (size_t)C * qd * 2));
         CUDA_TRY(cudaMalloc((void **)&D->wgu, (size_t)2 * F * C * 2));
         CUDA_TRY(cudaMalloc((void **)&D->wdown, (size_t)C * F * 2));
-        if (upload(&w->attn_norm, D->attn_norm, stage, stage_elems, st, err) ||
-            upload(&w->ffn_norm, D->ffn_norm, stage, stage_elems, st, err) ||
-            upload(&w->wq, D->wqkv, stage, stage_elems, st, err) ||
-            upload(&w->wk, D->wqkv + (size_t)qd * C, stage, stage_elems, st, err) ||
-            upload(&w->wv, D->wqkv + (size_t)(qd + kvd) * C, stage, stage_elems, st, err) ||
-            upload(&w->wo, D->wo, stage, stage_elems, st, err) ||
-            upload(&w->w_gate, D->wgu, stage, stage_elems, st, err) ||
-            upload(&w->w_up, D->wgu + (size_t)F * C, stage, stage_elems, st, err) ||
-            upload(&w->w_down, D->wdown, stage, stage_elems, st, err))
+        const uint64_t s0 = 16 + 16 * (uint64_t)l;
+        if (upload(&w->attn_norm, D->attn_norm, stage, stage_elems, st, err, seed, s0) ||
+            upload(&w->ffn_norm, D->ffn_norm, stage, stage_elems, st, err, seed, s0 + 1) ||
+            upload(&w->wq, D->wqkv, stage, stage_elems, st, err, seed, s0 + 2) ||
+            upload(&w->wk, D->wqkv + (size_t)qd * C, stage, stage_elems, st, err, seed, s0 + 3) ||
+            upload(&w->wv, D->wqkv + (size_t)(qd + kvd) * C, stage, stage_elems, st, err, seed, s0 + 4) ||
+            upload(&w->wo, D->wo, stage, stage_elems, st, err, seed, s0 + 5) ||
+            upload(&w->w_gate, D->wgu, stage, stage_elems, st, err, seed, s0 + 6) ||
+            upload(&w->w_up, D->wgu + (size_t)F * C, stage, stage_elems, st, err, seed, s0 + 7) ||
+            upload(&w->w_down, D->wdown, stage, stage_elems, st, err, seed, s0 + 8))
             goto fail;
-        if (w->bq.data) {
+        if (seed ? c->qkv_bias : w->bq.data != nullptr) {
             CUDA_TRY(cudaMalloc((void **)&D->bqkv, (size_t)qkvd * 2));
-            if (upload(&w->bq, D->bqkv, stage, stage_elems, st, err) ||
-                upload(&w->bk, D->bqkv + qd, stage, stage_elems, st, err) ||
-                upload(&w->bv, D->bqkv + qd + kvd, stage, stage_elems, st, err))
+            if (upload(&w->bq, D->bqkv, stage, stage_elems, st, err, seed, s0 + 9) ||
+                upload(&w->bk, D->bqkv + qd, stage, stage_elems, st, err, seed, s0 + 10) ||
+                upload(&w->bv, D->bqkv + qd + kvd, stage, stage_elems, st, err, seed, s0 + 11))
                 goto fail;
         }
     }
@@ -309,6 +328,8 @@ extern "C" int krn_prefill_run(int dev, cudaStream_t st, const eng_model *m, con
         if (keep_lse) CUDA_TRY(cudaMalloc((void **)&scratch_out, N * qd * 2));
     }
     if (krn_embed(embed, dtok, n, C, x, st, err)) goto fail;
+    CUDA_TRY(cudaStreamSynchronize(st));
+    if (setup_s) *setup_s = now_s() - t0;
 
     for (int l = 0; l < L; l++) {
         const dlayer *D = &dl[l];
@@ -333,8 +354,12 @@ extern "C" int krn_prefill_run(int dev, cudaStream_t st, const eng_model *m, con
         if (!sparse_any) {
             if (krn_attn_dense(&a, 0, st, err)) goto fail;
         } else {
-            for (int h = 0; h < H; h++)
-                if (krn_index_build(pat[h], &a, h, 1, &ix, ws, st, err)) goto fail;
+            for (int h = 0; h < H;) { /* runs of heads with one pattern: one build call */
+                int e = h + 1;
+                while (e < H && same_pattern(pat[e], pat[h])) e++;
+                if (krn_index_build(pat[h], &a, h, e - h, &ix, ws, st, err)) goto fail;
+                h = e;
+            }
             if (keep_lse) { /* the kept LSE is the dense one: a dense pass into scratch */
                 krn_attn_args ad = a;
                 ad.out = scratch_out;
@@ -416,5 +441,94 @@ fail:
     free(hinv);
     free(pat);
     if (rc) eng_prefill_out_free(out);
+    return rc;
+}
+
+extern "C" int krn_prefill_run(int dev, cudaStream_t st, const eng_model *m, const int *tokens, int n,
+                               const eng_prefill_opts *opts, eng_prefill_out *out, eng_err *err) {
+    return prefill_impl(dev, st, m, 0, tokens, n, opts, out, nullptr, err);
+}
+
+namespace {
+struct synth_shape {
+    const char *name;
+    int V, C, F, L, H, Hkv, d, qkv_bias, tied, llama3;
+    float theta;
+};
+/* Shapes as the published config.json files give them: Llama-3.1-8B (Llama-3-8B's shapes with
+ * the llama3 RoPE scaling of the 128K-context release), one layer of Llama-3.1-70B, Qwen2-7B;
+ * "tiny" is for tests. */
+const synth_shape shapes[] = {
+    {"llama3-8b", 128256, 4096, 14336, 32, 32, 8, 128, 0, 0, 1, 500000.f},
+    {"llama3-70b-layer", 128256, 8192, 28672, 1, 64, 8, 128, 0, 0, 1, 500000.f},
+    {"qwen2-7b", 152064, 3584, 18944, 28, 28, 4, 128, 1, 0, 0, 1000000.f},
+    {"tiny", 1000, 256, 512, 2, 4, 2, 64, 0, 1, 0, 10000.f},
+};
+
+void tensor_shape(eng_tensor *t, const char *name, int64_t a, int64_t b) {
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->dtype = ENG_DT_BF16;
+    t->ndim = b ? 2 : 1;
+    t->shape[0] = a, t->shape[1] = b;
+    t->numel = b ? a * b : a;
+    t->data = nullptr;
+}
+} /* namespace */
+
+extern "C" const char *krn_synthetic_names(void) { return "llama3-8b, llama3-70b-layer, qwen2-7b, tiny"; }
+
+extern "C" int krn_synthetic_config(const char *name, eng_config *c, eng_err *err) {
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        const synth_shape *s = &shapes[i];
+        if (strcmp(name, s->name)) continue;
+        memset(c, 0, sizeof *c);
+        c->arch = s->qkv_bias ? ENG_ARCH_QWEN2 : ENG_ARCH_LLAMA;
+        snprintf(c->arch_name, sizeof c->arch_name, "synthetic %s", s->name);
+        c->vocab_size = s->V, c->hidden_size = s->C, c->intermediate_size = s->F, c->n_layers = s->L;
+        c->n_heads = s->H, c->n_kv_heads = s->Hkv, c->head_dim = s->d, c->rms_norm_eps = 1e-5f;
+        c->rope_theta = s->theta, c->max_position_embeddings = 1 << 20, c->tie_word_embeddings = s->tied;
+        c->qkv_bias = s->qkv_bias, c->bos_token_id = c->eos_token_id = -1;
+        c->rope_llama3 = s->llama3, c->rope_factor = 8.f, c->rope_low_freq_factor = 1.f;
+        c->rope_high_freq_factor = 4.f, c->rope_original_max_pos = 8192;
+        snprintf(c->torch_dtype, sizeof c->torch_dtype, "bfloat16");
+        return 0;
+    }
+    return eng_err_set(err, "unknown synthetic model '%s' (known: %s)", name, krn_synthetic_names());
+}
+
+extern "C" int krn_prefill_synthetic(int dev, cudaStream_t st, const eng_config *c, uint64_t seed, const int *tokens,
+                                     int n, const eng_prefill_opts *opts, eng_prefill_out *out, double *setup_s,
+                                     eng_err *err) {
+    memset(out, 0, sizeof *out);
+    if (!seed) return eng_err_set(err, "synthetic prefill: seed must be nonzero");
+    if (c->n_layers < 1 || c->n_layers > 4096) return eng_err_set(err, "synthetic prefill: %d layers", c->n_layers);
+    eng_model m;
+    memset(&m, 0, sizeof m);
+    m.cfg = *c;
+    snprintf(m.dir, sizeof m.dir, "%s", c->arch_name);
+    const int64_t C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    const int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
+    m.layers = (eng_layer_weights *)calloc((size_t)c->n_layers, sizeof *m.layers);
+    if (!m.layers) return eng_err_set(err, "out of host memory");
+    tensor_shape(&m.embed, "embed_tokens", V, C);
+    tensor_shape(&m.lm_head, "lm_head", V, C);
+    tensor_shape(&m.final_norm, "final_norm", C, 0);
+    for (int l = 0; l < c->n_layers; l++) {
+        eng_layer_weights *w = &m.layers[l];
+        tensor_shape(&w->attn_norm, "attn_norm", C, 0);
+        tensor_shape(&w->ffn_norm, "ffn_norm", C, 0);
+        tensor_shape(&w->wq, "wq", qd, C);
+        tensor_shape(&w->wk, "wk", kvd, C);
+        tensor_shape(&w->wv, "wv", kvd, C);
+        tensor_shape(&w->wo, "wo", C, qd);
+        tensor_shape(&w->w_gate, "w_gate", F, C);
+        tensor_shape(&w->w_up, "w_up", F, C);
+        tensor_shape(&w->w_down, "w_down", C, F);
+        tensor_shape(&w->bq, "bq", qd, 0);
+        tensor_shape(&w->bk, "bk", kvd, 0);
+        tensor_shape(&w->bv, "bv", kvd, 0);
+    }
+    const int rc = prefill_impl(dev, st, &m, seed, tokens, n, opts, out, setup_s, err);
+    free(m.layers);
     return rc;
 }
