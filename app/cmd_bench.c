@@ -17,7 +17,7 @@
 static void usage(FILE *f) {
     fprintf(f, "usage: attnscope bench [--n N,N,...] [--heads H] [--kv-heads K] [--dim D] [--reps R]\n"
                "                       [--patterns LIST] [--vs V,S] [--bs K] [--ashape I,L] [--variant 0|1]\n"
-               "                       [--json OUT]\n\n"
+               "                       [--synthetic MODEL] [--json OUT]\n\n"
                "Kernel-level attention benchmark on the GPU (random bf16 Q/K/V, causal): the dense kernel\n"
                "vs each sparse pattern through the index-driven kernel, index building included; medians\n"
                "of R runs after warm-up; TFLOP/s counted on the entries each kernel computes (4*d per entry).\n\n"
@@ -31,6 +31,11 @@ static void usage(FILE *f) {
                "  --bs K          block-sparse blocks per row block (default 100)\n"
                "  --ashape I,L    A-shape sinks and window (default 1024,4096)\n"
                "  --variant V     dense kernel variant (0: 128-query tiles, 1: 64-query tiles)\n"
+               "  --synthetic M   end-to-end prefill instead: a model of shape M (llama3-8b, llama3-70b-layer,\n"
+               "                  qwen2-7b, tiny) with random weights made on the GPU, random tokens; the\n"
+               "                  dense prefill vs each pattern on every layer and head (default --n\n"
+               "                  32768,131072, --patterns vs,bs,ashape, --reps 1); a length that does not\n"
+               "                  fit in GPU memory is refused with the estimate before any work\n"
                "  --json OUT      also write every row as JSON to OUT\n");
 }
 
@@ -47,6 +52,85 @@ static int parse_pair(const char *s, int *a, int *b) {
 }
 #endif
 
+#ifdef ATTNSCOPE_CUDA
+/* --synthetic: end-to-end prefill rows for each N (krn_bench_prefill), one table and JSON. */
+static int bench_prefill(const char *model, const char *ns, const krn_bench_cfg *kc, int reps, const char *json,
+                         const char *dev) {
+    krn_e2e_cfg ec;
+    memset(&ec, 0, sizeof ec);
+    if (strlen(model) >= sizeof ec.model) {
+        cli_error("bench", "--synthetic '%s': unknown model", model);
+        return 2;
+    }
+    snprintf(ec.model, sizeof ec.model, "%s", model);
+    ec.reps = reps;
+    for (int i = 0; i < kc->n_pats; i++)
+        if (kc->pats[i].kind != ENG_PAT_DENSE) ec.pats[ec.n_pats++] = kc->pats[i];
+    eng_err err = {{0}};
+    double need, fr;
+    ec.n = 1;
+    if (krn_bench_prefill_memory(&ec, &need, &fr, &err)) { /* also validates the model name */
+        cli_error("bench", "--synthetic: %s", err.msg);
+        return 2;
+    }
+    printf("attnscope bench --synthetic %s: %s, bf16, random weights and tokens, median of %d\n", model, dev, reps);
+    printf("%8s  %-34s %10s %10s %10s %10s %9s\n", "N", "attention", "prefill s", "attn s", "other s", "tok/s",
+           "vs dense");
+    cJSON *root = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(root, "rows");
+    cJSON_AddStringToObject(root, "device", dev);
+    cJSON_AddStringToObject(root, "command", cli_cmdline);
+    cJSON_AddStringToObject(root, "model", model);
+    int rc = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", ns);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (cli_parse_int("bench", "--n", t, 1, 1 << 22, &ec.n)) {
+            rc = 2;
+            break;
+        }
+        if (krn_bench_prefill_memory(&ec, &need, &fr, &err)) {
+            cli_error("bench", "%s", err.msg);
+            rc = 1;
+            break;
+        }
+        if (need > fr) {
+            cli_error("bench", "N=%d: the %s prefill needs about %.1f GiB of GPU memory, %.1f GiB free: skipped",
+                      ec.n, model, need / (1 << 30), fr / (1 << 30));
+            rc = 1;
+            continue;
+        }
+        krn_e2e_row rows[1 + KRN_BENCH_MAX_PATS];
+        if (krn_bench_prefill(&ec, rows, &err)) {
+            cli_error("bench", "N=%d: %s", ec.n, err.msg);
+            rc = 1;
+            break;
+        }
+        for (int i = 0; i <= ec.n_pats; i++) {
+            const krn_e2e_row *r = &rows[i];
+            printf("%8d  %-34s %10.3f %10.3f %10.3f %10.0f %8.2fx\n", ec.n, r->name, r->prefill_s, r->attn_s,
+                   r->prefill_s - r->attn_s, ec.n / r->prefill_s, rows[0].prefill_s / r->prefill_s);
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddNumberToObject(o, "n", ec.n);
+            cJSON_AddStringToObject(o, "attention", r->name);
+            cJSON_AddNumberToObject(o, "prefill_s", r->prefill_s);
+            cJSON_AddNumberToObject(o, "attn_s", r->attn_s);
+            cJSON_AddNumberToObject(o, "setup_s", r->setup_s);
+            cJSON_AddNumberToObject(o, "tokens_per_s", ec.n / r->prefill_s);
+            cJSON_AddNumberToObject(o, "speedup_vs_dense", rows[0].prefill_s / r->prefill_s);
+            cJSON_AddItemToArray(arr, o);
+        }
+        fflush(stdout);
+    }
+    if (json) {
+        char *txt = cJSON_Print(root);
+        if (!txt || cli_write_atomic("bench", json, txt, strlen(txt))) rc = 1;
+        free(txt);
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+#endif
+
 int cmd_bench(int argc, char **argv) {
     static const struct option opts[] = {
         {"n", required_argument, 0, 'n'},        {"heads", required_argument, 0, 'H'},
@@ -55,20 +139,23 @@ int cmd_bench(int argc, char **argv) {
         {"vs", required_argument, 0, 'v'},       {"bs", required_argument, 0, 'b'},
         {"ashape", required_argument, 0, 'a'},   {"variant", required_argument, 0, 'V'},
         {"json", required_argument, 0, 'j'},     {"help", no_argument, 0, 'h'},
+        {"synthetic", required_argument, 0, 'S'},
         {0, 0, 0, 0}};
     const char *ns = "8192,16384,32768,65536,131072", *pats = "vs,bs,ashape,dense", *json = NULL;
-    const char *vs = "1000,6096", *ash = "1024,4096";
+    const char *vs = "1000,6096", *ash = "1024,4096", *synth = NULL;
+    int ns_set = 0, pats_set = 0, reps_set = 0;
     int H = 32, Hkv = 8, d = 128, reps = 5, bs = 100, variant = 0;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'n': ns = optarg; break;
+        case 'n': ns = optarg, ns_set = 1; break;
         case 'H': if (cli_parse_int("bench", "--heads", optarg, 1, 1024, &H)) return 2; break;
         case 'K': if (cli_parse_int("bench", "--kv-heads", optarg, 1, 1024, &Hkv)) return 2; break;
         case 'd': if (cli_parse_int("bench", "--dim", optarg, 64, 128, &d)) return 2; break;
-        case 'r': if (cli_parse_int("bench", "--reps", optarg, 1, 1000, &reps)) return 2; break;
-        case 'p': pats = optarg; break;
+        case 'r': if (cli_parse_int("bench", "--reps", optarg, 1, 1000, &reps)) return 2; reps_set = 1; break;
+        case 'p': pats = optarg, pats_set = 1; break;
+        case 'S': synth = optarg; break;
         case 'v': vs = optarg; break;
         case 'b': if (cli_parse_int("bench", "--bs", optarg, 1, 1 << 20, &bs)) return 2; break;
         case 'a': ash = optarg; break;
@@ -90,8 +177,13 @@ int cmd_bench(int argc, char **argv) {
         cli_error("bench", "--heads %d is not a multiple of --kv-heads %d", H, Hkv);
         return 2;
     }
+    if (synth) {
+        if (!ns_set) ns = "32768,131072";
+        if (!pats_set) pats = "vs,bs,ashape";
+        if (!reps_set) reps = 1;
+    }
 #ifndef ATTNSCOPE_CUDA
-    (void)ns, (void)pats, (void)json, (void)vs, (void)ash, (void)reps, (void)bs, (void)variant;
+    (void)ns, (void)pats, (void)json, (void)vs, (void)ash, (void)reps, (void)bs, (void)variant, (void)synth;
     cli_error("bench", "this build has no CUDA backend (nvcc was not found at build time)");
     return 1;
 #else
@@ -134,6 +226,7 @@ int cmd_bench(int argc, char **argv) {
         cli_error("bench", "%s", err.msg);
         return 1;
     }
+    if (synth) return bench_prefill(synth, ns, &cfg, reps, json, dev);
     printf("attnscope bench: %s, H=%d Hkv=%d d=%d, bf16, causal, median of %d\n", dev, H, Hkv, d, reps);
     printf("%8s  %-34s %9s %9s %9s %8s %8s %9s %9s\n", "N", "kernel", "index ms", "attn ms", "total ms", "density",
            "vs dense", "TFLOP/s", "TF/s tot");

@@ -1,133 +1,255 @@
-/* eng_attn_sparse: CPU reference sparse attention for one query head. Computes exactly the (q, k)
- * entries an eng_head_index names (key blocks with causal + band mask, then gathered columns),
- * with ONE online softmax per query across both, fp32, in 64-query x 64-key tiles. */
+/* eng_attn_sparse: CPU sparse attention for one query head (eng_attn.h). Computes exactly the (q, k)
+ * entries an eng_head_index names (key blocks with causal + band mask, then gathered columns), with
+ * ONE online softmax per query across both, fp32. Per 64-query row block, the named keys are cut
+ * into tiles of up to 256 keys: a tile inside one contiguous run of blocks points cblas_sgemm at
+ * the K/V rows in place, any other tile (short runs, columns) is gathered into a contiguous copy.
+ * S = scale * Q K^T and O += P V run through cblas_sgemm with the online softmax between; masks are
+ * applied only to tiles that reach the diagonal or the band. Row blocks are shared by the online
+ * CPUs, unless other threads are already running sparse heads (see sp_active). */
 #include "eng_attn.h"
 
+#include <cblas.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-    int d, rows;      /* head dim; queries in this row block */
-    int q0;           /* first query */
-    const float *q;   /* [rows][d], pre-scaled by 1/sqrt(d) */
-    float *kt;        /* [d][64] the key tile, transposed so the score loop runs over keys */
-    const float *vrow[ENG_BLOCK];
-    int key[ENG_BLOCK];
-    float *s;         /* [rows][64] */
-    float *m, *l;     /* [rows] running max and denominator */
-    float *acc;       /* [rows][d] unnormalised output */
-} tile_state;
+#include "eng_cpu.h"
 
-/* Fold one tile of nk keys (key[j], rows kt[.][j] / vrow[j]) into the online softmax. block != 0
- * applies the band mask of ix (columns are never band-masked). */
-static void tile_update(tile_state *t, int nk, const eng_head_index *ix, int block) {
-    const int d = t->d;
-    for (int r = 0; r < t->rows; r++) {
-        float *s = t->s + (size_t)r * ENG_BLOCK;
-        const float *qr = t->q + (size_t)r * d;
-        for (int j = 0; j < nk; j++) s[j] = 0;
-        for (int c = 0; c < d; c++) {
-            float qc = qr[c];
-            const float *kc = t->kt + (size_t)c * ENG_BLOCK;
-            for (int j = 0; j < nk; j++) s[j] += qc * kc[j];
-        }
-        int qi = t->q0 + r;
-        float bm = -INFINITY;
-        for (int j = 0; j < nk; j++) {
-            int k = t->key[j];
-            int keep = k <= qi;
-            if (keep && block && ix->window > 0) keep = k < ix->sink || qi - k < ix->window;
-            if (!keep) s[j] = -INFINITY;
-            else if (s[j] > bm) bm = s[j];
-        }
-        if (bm == -INFINITY) continue;
-        float mnew = t->m[r] > bm ? t->m[r] : bm;
-        float corr = expf(t->m[r] - mnew); /* 0 when m was -inf */
-        float *acc = t->acc + (size_t)r * d;
-        if (corr != 1.0f)
-            for (int c = 0; c < d; c++) acc[c] *= corr;
-        float lsum = t->l[r] * corr;
-        for (int j = 0; j < nk; j++) {
-            if (s[j] == -INFINITY) continue;
-            float p = expf(s[j] - mnew);
-            lsum += p;
-            const float *v = t->vrow[j];
-            for (int c = 0; c < d; c++) acc[c] += p * v[c];
-        }
-        t->l[r] = lsum;
-        t->m[r] = mnew;
+#define BQ ENG_BLOCK /* queries per row block */
+#define BK 256       /* keys per tile */
+
+/* Threads doing sparse row blocks right now, process-wide: callers of eng_attn_sparse_head plus
+ * their helpers. The CPU prefill already runs one head per core; a call only starts helpers
+ * while cores are free, and helpers leave once the count exceeds the cores, so heads run in
+ * parallel by the caller never oversubscribe for more than one row block. */
+static atomic_int sp_active;
+
+typedef struct {
+    const float *q, *k, *v;
+    int qs, kvs, os, n, d, nrb;
+    const eng_head_index *ix;
+    float *out, *lse;
+    float scale;
+    atomic_int next;
+} sp_job;
+
+/* Per-thread scratch. S (BQ, BK) scores then probabilities; O (BQ, d) unnormalised output;
+ * kg, vg (BK, d) gathered key / value rows; m, l (BQ) running max and sum. */
+typedef struct {
+    float *S, *O, *kg, *vg;
+    float m[BQ], l[BQ];
+} sp_scratch;
+
+/* One tile: nk keys, ascending (the index keeps blocks and columns sorted), rows K at kp / V at vp
+ * with stride ks; band != 0 applies the index's band mask (block keys only). Pieces [p0, p0+plen)
+ * record where gathered keys came from. */
+typedef struct {
+    int nk, band;
+    int key[BK];
+    int npiece, pstart[BK], plen[BK];
+} sp_tile;
+
+/* Keys of t.key[0..nk) (ascending) below x: the first index with key >= x. */
+static int keys_below(const int *key, int nk, long long x) {
+    int lo = 0, hi = nk;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (key[mid] < x) lo = mid + 1;
+        else hi = mid;
     }
+    return lo;
+}
+
+/* Fold the tile into the online softmax of the row block starting at query q0 (rows queries). */
+static void tile_run(const sp_job *j, sp_scratch *s, const sp_tile *t, int q0, int rows) {
+    const int d = j->d, nk = t->nk;
+    const float *kp, *vp;
+    int ks;
+    if (t->npiece == 1) { /* one contiguous run: BLAS reads K/V in place */
+        kp = j->k + (size_t)t->pstart[0] * j->kvs;
+        vp = j->v + (size_t)t->pstart[0] * j->kvs;
+        ks = j->kvs;
+    } else {
+        int at = 0;
+        for (int p = 0; p < t->npiece; p++)
+            for (int i = 0; i < t->plen[p]; i++, at++) {
+                const size_t src = (size_t)(t->pstart[p] + i) * j->kvs;
+                memcpy(s->kg + (size_t)at * d, j->k + src, sizeof(float) * (size_t)d);
+                memcpy(s->vg + (size_t)at * d, j->v + src, sizeof(float) * (size_t)d);
+            }
+        kp = s->kg, vp = s->vg, ks = d;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nk, d, j->scale, j->q + (size_t)q0 * j->qs, j->qs,
+                kp, ks, 0.0f, s->S, BK);
+    const int sink = j->ix->sink, window = j->ix->window;
+    const int last = q0 + rows - 1;
+    /* Masks only where some row drops a key: keys past the first query (causal edge), or band
+     * keys (>= sink) at least window behind the last query. */
+    const int causal = t->key[nk - 1] > q0;
+    const int band = t->band && window > 0 && t->key[nk - 1] >= sink && (long long)t->key[0] <= (long long)last - window;
+    /* Band: row q keeps key k iff k < sink or k > q - window; keys ascending, so the kept set is
+     * [0, a) U [b, c) with a = #keys < sink, b = #keys <= q - window, c = #keys <= q. */
+    const int a_sink = band ? keys_below(t->key, nk, sink) : 0;
+    int any = 0;
+    for (int r = 0; r < rows; r++) {
+        float *sr = s->S + (size_t)r * BK;
+        const int qi = q0 + r;
+        int c = nk, lo1 = 0, b = 0;
+        if (causal) c = keys_below(t->key, nk, (long long)qi + 1);
+        if (band) {
+            b = keys_below(t->key, nk, (long long)qi - window + 1);
+            lo1 = a_sink < c ? a_sink : c; /* first part [0, lo1) */
+            if (b < a_sink) b = a_sink;    /* second part [b, c) */
+        }
+        if (b > c) b = c;
+        if (lo1 + (c - b) == 0) { /* nothing kept in this row: contributes no probability */
+            memset(sr, 0, sizeof(float) * (size_t)nk);
+            continue;
+        }
+        any = 1;
+        float mx = -INFINITY;
+        for (int i = 0; i < lo1; i++) mx = sr[i] > mx ? sr[i] : mx;
+        for (int i = b; i < c; i++) mx = sr[i] > mx ? sr[i] : mx;
+        const float mn = mx > s->m[r] ? mx : s->m[r];
+        const float alpha = expf(s->m[r] - mn); /* 0 on the row's first keys (m = -inf) */
+        float sum = eng_cpu_exp_sum(sr, lo1, mn) + eng_cpu_exp_sum(sr + b, c - b, mn);
+        if (b > lo1) memset(sr + lo1, 0, sizeof(float) * (size_t)(b - lo1));
+        if (c < nk) memset(sr + c, 0, sizeof(float) * (size_t)(nk - c));
+        s->l[r] = s->l[r] * alpha + sum;
+        s->m[r] = mn;
+        if (alpha != 1.0f) {
+            float *o = s->O + (size_t)r * d;
+            for (int i = 0; i < d; i++) o[i] *= alpha;
+        }
+    }
+    if (any)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, d, nk, 1.0f, s->S, BK, vp, ks, 1.0f, s->O, d);
+}
+
+/* Append keys [k0, k0+len) to the tile, running it whenever it fills up. */
+static void tile_add(const sp_job *j, sp_scratch *s, sp_tile *t, int k0, int len, int q0, int rows) {
+    while (len > 0) {
+        int take = BK - t->nk < len ? BK - t->nk : len;
+        if (t->npiece && t->pstart[t->npiece - 1] + t->plen[t->npiece - 1] == k0)
+            t->plen[t->npiece - 1] += take; /* continues the previous piece */
+        else
+            t->pstart[t->npiece] = k0, t->plen[t->npiece++] = take;
+        for (int i = 0; i < take; i++) t->key[t->nk++] = k0 + i;
+        k0 += take, len -= take;
+        if (t->nk == BK) {
+            tile_run(j, s, t, q0, rows);
+            t->nk = t->npiece = 0;
+        }
+    }
+}
+
+static void tile_flush(const sp_job *j, sp_scratch *s, sp_tile *t, int q0, int rows) {
+    if (t->nk) tile_run(j, s, t, q0, rows);
+    t->nk = t->npiece = 0;
+}
+
+static void row_block(const sp_job *j, sp_scratch *s, sp_tile *t, int rb) {
+    const eng_head_index *ix = j->ix;
+    const int d = j->d, q0 = rb * BQ;
+    const int rows = j->n - q0 < BQ ? j->n - q0 : BQ, last = q0 + rows - 1;
+    for (int r = 0; r < rows; r++) s->m[r] = -INFINITY, s->l[r] = 0.0f;
+    memset(s->O, 0, sizeof(float) * (size_t)rows * d);
+    /* Blocks: keys [off, off + 64) up to the last query (causal) and below n. */
+    const int *bo = ix->block_offset + (size_t)rb * ix->max_blocks;
+    t->nk = t->npiece = 0, t->band = 1;
+    for (int b = 0; b < ix->block_count[rb]; b++) {
+        long long lo = bo[b] < 0 ? 0 : bo[b], hi = (long long)bo[b] + ENG_BLOCK;
+        if (hi > last + 1) hi = last + 1;
+        if (hi > j->n) hi = j->n;
+        if (hi > lo) tile_add(j, s, t, (int)lo, (int)(hi - lo), q0, rows);
+    }
+    tile_flush(j, s, t, q0, rows);
+    /* Columns: single keys, never band-masked (the causal mask still applies). */
+    const int *ci = ix->column_index + (size_t)rb * ix->max_cols;
+    t->band = 0;
+    for (int c = 0; c < ix->column_count[rb]; c++)
+        if (ci[c] >= 0 && ci[c] < j->n) tile_add(j, s, t, ci[c], 1, q0, rows);
+    tile_flush(j, s, t, q0, rows);
+    for (int r = 0; r < rows; r++) {
+        float *o = j->out + (size_t)(q0 + r) * j->os;
+        if (s->l[r] > 0) {
+            const float inv = 1.0f / s->l[r];
+            const float *src = s->O + (size_t)r * d;
+            for (int c = 0; c < d; c++) o[c] = src[c] * inv;
+            if (j->lse) j->lse[q0 + r] = s->m[r] + logf(s->l[r]);
+        } else { /* a row the index leaves empty: nothing attended */
+            memset(o, 0, sizeof(float) * (size_t)d);
+            if (j->lse) j->lse[q0 + r] = -INFINITY;
+        }
+    }
+}
+
+/* Row blocks from the shared counter, last (heaviest under causal patterns) first. A helper
+ * (helper != 0) leaves when more threads do sparse work than there are cores; the caller stays
+ * until every row block is taken. A thread without scratch takes none. */
+static void sp_work(sp_job *j, int helper) {
+    const size_t dp = ((size_t)j->d + 15) & ~(size_t)15;
+    sp_scratch s;
+    s.S = aligned_alloc(64, sizeof(float) * BQ * BK);
+    s.O = aligned_alloc(64, sizeof(float) * BQ * dp);
+    s.kg = aligned_alloc(64, sizeof(float) * BK * dp);
+    s.vg = aligned_alloc(64, sizeof(float) * BK * dp);
+    sp_tile *t = malloc(sizeof *t);
+    if (!s.S || !s.O || !s.kg || !s.vg || !t) goto done;
+    const int ncpu = eng_cpu_threads();
+    for (;;) {
+        if (helper && atomic_load(&sp_active) > ncpu) break;
+        int c = atomic_fetch_add(&j->next, 1);
+        if (c >= j->nrb) break;
+        row_block(j, &s, t, j->nrb - 1 - c);
+    }
+done:
+    free(s.S), free(s.O), free(s.kg), free(s.vg), free(t);
+}
+
+static void *sp_helper(void *arg) {
+    sp_work(arg, 1);
+    atomic_fetch_sub(&sp_active, 1);
+    return NULL;
 }
 
 void eng_attn_sparse_head(const float *q, int q_stride, const float *k, const float *v, int kv_stride, int n, int d,
                           const eng_head_index *ix, float *out, int out_stride, float *lse) {
     if (n <= 0 || d <= 0) return;
-    const float scale = 1.0f / sqrtf((float)d);
-    float *qs = malloc((size_t)ENG_BLOCK * d * sizeof *qs);
-    float *kt = malloc((size_t)ENG_BLOCK * d * sizeof *kt);
-    float *s = malloc((size_t)ENG_BLOCK * ENG_BLOCK * sizeof *s);
-    float *acc = malloc((size_t)ENG_BLOCK * d * sizeof *acc);
-    float m[ENG_BLOCK], l[ENG_BLOCK];
-    if (!qs || !kt || !s || !acc) {
-        /* No error channel in this contract: poison the output so a failure cannot pass as data. */
+    sp_job j = {.q = q, .k = k, .v = v, .qs = q_stride, .kvs = kv_stride, .os = out_stride, .n = n, .d = d,
+                .ix = ix, .out = out, .lse = lse, .scale = 1.0f / sqrtf((float)d)};
+    j.nrb = (n + BQ - 1) / BQ;
+    if (j.nrb > ix->n_rb) j.nrb = ix->n_rb;
+    atomic_init(&j.next, 0);
+    /* The tile GEMMs are small: OpenBLAS must not fan each out over its own threads while ours
+     * use the cores. Restored on exit (the CPU prefill already keeps it at 1). */
+    const int blas_prev = openblas_get_num_threads();
+    if (blas_prev != 1) openblas_set_num_threads(1);
+    const int ncpu = eng_cpu_threads();
+    const int active = atomic_fetch_add(&sp_active, 1) + 1;
+    int helpers = ncpu - active;
+    if (helpers > j.nrb / 2) helpers = j.nrb / 2; /* at least two row blocks per thread */
+    if (helpers > 63) helpers = 63;
+    pthread_t th[63];
+    int started = 0;
+    for (int i = 0; i < helpers; i++) {
+        atomic_fetch_add(&sp_active, 1);
+        if (pthread_create(&th[started], NULL, sp_helper, &j) != 0) {
+            atomic_fetch_sub(&sp_active, 1);
+            break;
+        }
+        started++;
+    }
+    sp_work(&j, 0);
+    for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
+    atomic_fetch_sub(&sp_active, 1);
+    if (blas_prev != 1) openblas_set_num_threads(blas_prev);
+    if (atomic_load(&j.next) < j.nrb) /* row blocks left for want of scratch; no error channel in
+                                          this contract: poison so the output cannot pass as data */
         for (int t = 0; t < n; t++) {
             for (int c = 0; c < d; c++) out[(size_t)t * out_stride + c] = NAN;
             if (lse) lse[t] = NAN;
         }
-        goto done;
-    }
-    for (int rb = 0; rb < ix->n_rb && rb * ENG_BLOCK < n; rb++) {
-        tile_state t = {.d = d, .q0 = rb * ENG_BLOCK, .q = qs, .kt = kt, .s = s, .m = m, .l = l, .acc = acc};
-        t.rows = n - t.q0 < ENG_BLOCK ? n - t.q0 : ENG_BLOCK;
-        for (int r = 0; r < t.rows; r++) {
-            const float *src = q + (size_t)(t.q0 + r) * q_stride;
-            for (int c = 0; c < d; c++) qs[(size_t)r * d + c] = src[c] * scale;
-            m[r] = -INFINITY;
-            l[r] = 0;
-        }
-        memset(acc, 0, (size_t)t.rows * d * sizeof *acc);
-        int last = t.q0 + t.rows - 1;
-        const int *bo = ix->block_offset + (size_t)rb * ix->max_blocks;
-        for (int b = 0; b < ix->block_count[rb]; b++) {
-            int k0 = bo[b], nk = 0;
-            for (int kk = k0; kk < k0 + ENG_BLOCK && kk <= last && kk < n; kk++) t.key[nk++] = kk;
-            if (!nk) continue;
-            for (int j = 0; j < nk; j++) {
-                const float *kr = k + (size_t)t.key[j] * kv_stride;
-                for (int c = 0; c < d; c++) kt[(size_t)c * ENG_BLOCK + j] = kr[c];
-                t.vrow[j] = v + (size_t)t.key[j] * kv_stride;
-            }
-            tile_update(&t, nk, ix, 1);
-        }
-        const int *ci = ix->column_index + (size_t)rb * ix->max_cols;
-        for (int j0 = 0; j0 < ix->column_count[rb]; j0 += ENG_BLOCK) {
-            int nk = 0;
-            for (int j = j0; j < ix->column_count[rb] && j < j0 + ENG_BLOCK; j++) {
-                int key = ci[j];
-                if (key < 0 || key >= n) continue;
-                const float *kr = k + (size_t)key * kv_stride;
-                for (int c = 0; c < d; c++) kt[(size_t)c * ENG_BLOCK + nk] = kr[c];
-                t.vrow[nk] = v + (size_t)key * kv_stride;
-                t.key[nk++] = key;
-            }
-            if (nk) tile_update(&t, nk, ix, 0);
-        }
-        for (int r = 0; r < t.rows; r++) {
-            float *o = out + (size_t)(t.q0 + r) * out_stride;
-            if (l[r] > 0) {
-                float inv = 1.0f / l[r];
-                for (int c = 0; c < d; c++) o[c] = acc[(size_t)r * d + c] * inv;
-                if (lse) lse[t.q0 + r] = m[r] + logf(l[r]);
-            } else { /* a row the index leaves empty: nothing attended */
-                for (int c = 0; c < d; c++) o[c] = 0;
-                if (lse) lse[t.q0 + r] = -INFINITY;
-            }
-        }
-    }
-done:
-    free(qs);
-    free(kt);
-    free(s);
-    free(acc);
 }

@@ -8,6 +8,7 @@
 #include "krn_common.cuh"
 #include "krn_index.h"
 #include "krn_ops.h"
+#include "krn_prefill.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -191,5 +192,75 @@ fail:
     if (e2) cudaEventDestroy(e2);
     if (st) cudaStreamDestroy(st);
     free(ti), free(ta), free(tt);
+    return rc;
+}
+
+extern "C" int krn_bench_prefill_memory(const krn_e2e_cfg *c, double *need, double *free_bytes, eng_err *err) {
+    eng_config cfg;
+    if (krn_synthetic_config(c->model, &cfg, err)) return -1;
+    double worst = 0, fr = 0;
+    for (int i = -1; i < c->n_pats; i++) {
+        eng_pattern_cfg pc = {cfg.n_layers, cfg.n_heads, i >= 0 ? c->pats[i] : eng_pattern{}, nullptr};
+        eng_prefill_opts o = {};
+        o.patterns = i >= 0 ? &pc : nullptr;
+        double nd;
+        if (krn_prefill_estimate(0, &cfg, c->n, &o, cfg.tie_word_embeddings, &nd, &fr, err)) return -1;
+        worst = nd > worst ? nd : worst;
+    }
+    *need = worst, *free_bytes = fr;
+    return 0;
+}
+
+extern "C" int krn_bench_prefill(const krn_e2e_cfg *c, krn_e2e_row *rows, eng_err *err) {
+    eng_config cfg;
+    if (krn_synthetic_config(c->model, &cfg, err)) return -1;
+    const int n = c->n, reps = c->reps > 0 ? c->reps : 1, warm_n = n < 2048 ? n : 2048;
+    int *tok = (int *)malloc(sizeof(int) * (size_t)n);
+    double *tp = (double *)calloc((size_t)reps, sizeof(double)), *ta_ = (double *)calloc((size_t)reps, sizeof(double));
+    cudaStream_t st = nullptr;
+    eng_prefill_out out = {};
+    int rc = -1;
+    if (!tok || !tp || !ta_) {
+        eng_err_set(err, "bench: out of host memory");
+        goto fail;
+    }
+    {
+        uint64_t r = 0x2545f4914f6cdd1dull ^ (uint64_t)n;
+        for (int i = 0; i < n; i++) {
+            r ^= r >> 12, r ^= r << 25, r ^= r >> 27;
+            tok[i] = (int)((r * 2685821657736338717ull) >> 33) % cfg.vocab_size;
+        }
+    }
+    CUDA_TRY(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    /* warm-up: module load, cuBLAS handle and heuristics, at a short length */
+    if (krn_prefill_synthetic(0, st, &cfg, 7, tok, warm_n, nullptr, &out, nullptr, err)) goto fail;
+    eng_prefill_out_free(&out);
+    for (int i = -1; i < c->n_pats; i++) {
+        eng_pattern_cfg pc = {cfg.n_layers, cfg.n_heads, i >= 0 ? c->pats[i] : eng_pattern{}, nullptr};
+        eng_prefill_opts o = {};
+        o.patterns = i >= 0 ? &pc : nullptr;
+        krn_e2e_row *row = &rows[i + 1];
+        memset(row, 0, sizeof *row);
+        if (i >= 0) eng_pattern_describe(&c->pats[i], row->name, (int)sizeof row->name);
+        else snprintf(row->name, sizeof row->name, "dense");
+        for (int r = 0; r < reps; r++) {
+            double setup = 0;
+            if (krn_prefill_synthetic(0, st, &cfg, 7, tok, n, &o, &out, &setup, err)) goto fail;
+            double at = 0;
+            for (int l = 0; l < out.n_layers; l++) at += out.attn_seconds[l];
+            tp[r] = out.seconds - setup, ta_[r] = at;
+            row->setup_s = setup;
+            eng_prefill_out_free(&out);
+        }
+        qsort(tp, (size_t)reps, sizeof *tp, cmp_double);
+        qsort(ta_, (size_t)reps, sizeof *ta_, cmp_double);
+        row->prefill_s = tp[reps / 2];
+        row->attn_s = ta_[reps / 2];
+    }
+    rc = 0;
+fail:
+    eng_prefill_out_free(&out);
+    if (st) cudaStreamDestroy(st);
+    free(tok), free(tp), free(ta_);
     return rc;
 }

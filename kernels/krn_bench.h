@@ -39,6 +39,28 @@ int krn_bench_memory(const krn_bench_cfg *c, double *need, double *free_bytes, e
 /* rows[0] is the dense kernel, rows[1 + i] pattern i through the sparse kernel. */
 int krn_bench_attention(const krn_bench_cfg *c, krn_bench_row *rows, eng_err *err);
 
+/* End-to-end prefill of a synthetic model (krn_prefill_synthetic, random weights made on the
+ * GPU, random tokens): the dense prefill vs each pattern applied to every layer and head. */
+typedef struct {
+    char model[32];    /* krn_synthetic_config name */
+    int n;
+    int reps;          /* timed prefills per row (median), after one short warm-up prefill */
+    int n_pats;
+    eng_pattern pats[KRN_BENCH_MAX_PATS];
+} krn_e2e_cfg;
+
+typedef struct {
+    char name[64];      /* "dense" or the pattern's description */
+    double prefill_s;   /* whole prefill, weights made on the GPU excluded */
+    double attn_s;      /* attention incl. index building, summed over layers */
+    double setup_s;     /* random weights and buffers (before the first layer) */
+} krn_e2e_row;
+
+/* GPU memory the e2e run of c needs at most (the largest of its rows) and what is free now. */
+int krn_bench_prefill_memory(const krn_e2e_cfg *c, double *need, double *free_bytes, eng_err *err);
+/* rows[0] dense, rows[1 + i] pattern i. */
+int krn_bench_prefill(const krn_e2e_cfg *c, krn_e2e_row *rows, eng_err *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -162,6 +162,33 @@ int keep_slice(const bf16 *src, int n, int w, int stride, bf16 *tmp, float *tmpf
 
 } /* namespace */
 
+/* Bytes a prefill needs on the GPU: weights, activations, index storage and builder scratch,
+ * plus 256 MiB for cuBLAS and slack; *mb / *mc the index capacities over every (layer, head). */
+static size_t estimate(const eng_config *c, int n, const eng_pattern_cfg *pc, int keep_qkv, int keep_lse, int tied,
+                       size_t *w_out, size_t *act_out, size_t *ix_out, int *mb_out, int *mc_out) {
+    const int C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size, L = c->n_layers;
+    const int H = c->n_heads, Hkv = c->n_kv_heads, d = c->head_dim, qd = H * d, qkvd = qd + 2 * Hkv * d;
+    const size_t N = (size_t)n;
+    const size_t layer_w = (size_t)2 * C + (size_t)qkvd * C + (c->qkv_bias ? qkvd : 0) + (size_t)C * qd +
+                           (size_t)3 * F * C;
+    const size_t w_bytes = 2 * (layer_w * L + (size_t)V * C * (tied ? 1 : 2) + C);
+    const int mr = n < MLP_ROWS ? n : MLP_ROWS, lr = n < LM_ROWS ? n : LM_ROWS;
+    int mb = 0, mc = 0;
+    if (pc)
+        for (int l = 0; l < L; l++)
+            for (int h = 0; h < H; h++) {
+                int b, cc;
+                krn_index_capacity(eng_pattern_cfg_get(pc, l, h), n, &b, &cc);
+                mb = b > mb ? b : mb, mc = cc > mc ? cc : mc;
+            }
+    const size_t n_rb = (N + 63) / 64;
+    const size_t act = 2 * (2 * N * C + N * qkvd + N * qd) + 2 * (size_t)mr * 3 * F + 4 * (size_t)lr * V + 16 * N +
+                       4 * (size_t)H * N + (keep_qkv ? N * qd * 6 : 0) + (pc && keep_lse ? N * qd * 2 : 0);
+    const size_t ixb = pc ? 4 * (size_t)H * n_rb * (2 + mb + mc) + 4 * (size_t)H * 64 * N + 16 * (size_t)H * N : 0;
+    *w_out = w_bytes, *act_out = act, *ix_out = ixb, *mb_out = mb, *mc_out = mc;
+    return w_bytes + act + ixb + ((size_t)256 << 20);
+}
+
 /* Heads h and h + 1 get the same index from one build call when their patterns agree. */
 static bool same_pattern(const eng_pattern *a, const eng_pattern *b) {
     if (!a || !b) return a == b;
@@ -195,24 +222,11 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
             return eng_err_set(err, "token %d at position %d is outside the vocabulary [0, %d)", tokens[i], i, V);
 
     /* ---- memory estimate (bytes) before any allocation ---- */
-    const size_t layer_w = (size_t)2 * C + (size_t)qkvd * C + (c->qkv_bias ? qkvd : 0) + (size_t)C * qd +
-                           (size_t)3 * F * C;
     const int tied = c->tie_word_embeddings || (!seed && m->lm_head.data == m->embed.data);
-    const size_t w_bytes = 2 * (layer_w * L + (size_t)V * C * (tied ? 1 : 2) + C);
     const int mr = n < MLP_ROWS ? n : MLP_ROWS, lr = n < LM_ROWS ? n : LM_ROWS;
     int mb = 0, mc = 0;
-    if (pc)
-        for (int l = 0; l < L; l++)
-            for (int h = 0; h < H; h++) {
-                int b, cc;
-                krn_index_capacity(eng_pattern_cfg_get(pc, l, h), n, &b, &cc);
-                mb = b > mb ? b : mb, mc = cc > mc ? cc : mc;
-            }
-    const size_t n_rb = (N + 63) / 64;
-    const size_t act = 2 * (2 * N * C + N * qkvd + N * qd) + 2 * (size_t)mr * 3 * F + 4 * (size_t)lr * V + 16 * N +
-                       4 * (size_t)H * N + (keep_qkv ? N * qd * 6 : 0);
-    const size_t ixb = pc ? 4 * (size_t)H * n_rb * (2 + mb + mc) + 4 * (size_t)H * 64 * N + 16 * (size_t)H * N : 0;
-    const size_t need = w_bytes + act + ixb + ((size_t)256 << 20);
+    size_t w_bytes, act, ixb;
+    const size_t need = estimate(c, n, pc, keep_qkv, keep_lse, tied, &w_bytes, &act, &ixb, &mb, &mc);
     size_t fr = 0, tot = 0;
     CUDA_RET(cudaSetDevice(dev));
     CUDA_RET(cudaMemGetInfo(&fr, &tot));
@@ -531,4 +545,16 @@ extern "C" int krn_prefill_synthetic(int dev, cudaStream_t st, const eng_config 
     const int rc = prefill_impl(dev, st, &m, seed, tokens, n, opts, out, setup_s, err);
     free(m.layers);
     return rc;
+}
+
+extern "C" int krn_prefill_estimate(int dev, const eng_config *c, int n, const eng_prefill_opts *opts, int tied,
+                                    double *need, double *free_bytes, eng_err *err) {
+    size_t w, a, x, fr = 0, tot = 0;
+    int mb, mc;
+    *need = (double)estimate(c, n, opts ? opts->patterns : NULL, opts && opts->keep_qkv, opts && opts->keep_lse, tied,
+                             &w, &a, &x, &mb, &mc);
+    CUDA_RET(cudaSetDevice(dev));
+    CUDA_RET(cudaMemGetInfo(&fr, &tot));
+    *free_bytes = (double)fr;
+    return 0;
 }

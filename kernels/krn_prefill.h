@@ -27,6 +27,10 @@ const char *krn_synthetic_names(void);
  * without any file: norms 1, matrices uniform with std 1/sqrt(in_features), biases +-0.02. The
  * memory check and refusal are krn_prefill_run's (before any allocation). *setup_s (may be
  * NULL) gets the seconds before the first layer (weight fill, buffers); out->seconds is the whole. */
+/* Bytes the prefill of n tokens needs on the GPU (the figure krn_prefill_run refuses with), and
+ * what is free now; tied: the LM head shares the embedding. */
+int krn_prefill_estimate(int dev, const eng_config *cfg, int n, const eng_prefill_opts *opts, int tied, double *need,
+                         double *free_bytes, eng_err *err);
 int krn_prefill_synthetic(int dev, cudaStream_t st, const eng_config *cfg, uint64_t seed, const int *tokens, int n,
                           const eng_prefill_opts *opts, eng_prefill_out *out, double *setup_s, eng_err *err);
 

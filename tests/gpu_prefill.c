@@ -14,6 +14,7 @@
 #include "eng_backend.h"
 #include "eng_model.h"
 #include "eng_pattern.h"
+#include "krn_prefill.h"
 
 static int have_gpu(void) {
     int c = 0;
@@ -173,11 +174,75 @@ static void test_too_big_refused(void **state) {
     fake_free(&f);
 }
 
+/* Synthetic models (krn_prefill_synthetic): the same seed gives the same logits; A-shape whose
+ * window covers the whole prompt computes exactly the dense entries, so the sparse-kernel prefill
+ * must match the dense one closely; every shape name resolves and an unknown one is refused by name;
+ * a Llama-3-8B prefill of 4M tokens is refused with its memory estimate before any work. */
+static void test_synthetic(void **state) {
+    (void)state;
+    if (!have_gpu()) skip();
+    eng_err err = {{0}};
+    eng_config cfg;
+    const char *names[] = {"llama3-8b", "llama3-70b-layer", "qwen2-7b", "tiny"};
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(krn_synthetic_config(names[i], &cfg, &err), 0);
+        assert_true(cfg.n_heads % cfg.n_kv_heads == 0);
+    }
+    assert_int_equal(krn_synthetic_config("gpt5", &cfg, &err), -1);
+    assert_non_null(strstr(err.msg, "llama3-8b"));
+    assert_int_equal(krn_synthetic_config("tiny", &cfg, &err), 0);
+    const int n = 333;
+    int tok[333];
+    uint64_t seed = 0x1234567ULL ^ (uint64_t)time(NULL);
+    for (int i = 0; i < n; i++) tok[i] = (int)((tu_randf(&seed) * 0.5f + 0.5f) * (cfg.vocab_size - 1));
+    cudaStream_t st;
+    assert_int_equal(cudaStreamCreate(&st), cudaSuccess);
+    eng_prefill_out a, b, c;
+    double setup = -1;
+    if (krn_prefill_synthetic(0, st, &cfg, 99, tok, n, NULL, &a, &setup, &err)) fail_msg("%s", err.msg);
+    assert_true(setup >= 0 && setup <= a.seconds);
+    if (krn_prefill_synthetic(0, st, &cfg, 99, tok, n, NULL, &b, NULL, &err)) fail_msg("%s", err.msg);
+    for (int i = 0; i < cfg.vocab_size; i++) {
+        if (!isfinite(a.last_logits[i])) fail_msg("logit %d not finite", i);
+        assert_true(a.last_logits[i] == b.last_logits[i]);
+    }
+    eng_pattern_cfg pc;
+    memset(&pc, 0, sizeof pc);
+    pc.n_layers = cfg.n_layers, pc.n_heads = cfg.n_heads;
+    pc.def.kind = ENG_PAT_ASHAPE, pc.def.n_init = 64, pc.def.n_local = 4096;
+    eng_prefill_opts o;
+    memset(&o, 0, sizeof o);
+    o.patterns = &pc;
+    if (krn_prefill_synthetic(0, st, &cfg, 99, tok, n, &o, &c, NULL, &err)) fail_msg("%s", err.msg);
+    double rel = tu_rel_l2(c.last_logits, a.last_logits, (size_t)cfg.vocab_size);
+    int agree = 0;
+    for (int i = 0; i < n; i++) agree += a.argmax[i] == c.argmax[i];
+    printf("  synthetic tiny n=%d: A-shape(64, 4096) vs dense last-logits rel-L2 %.2e, argmax agreement %d/%d\n", n,
+           rel, agree, n);
+    assert_true(rel < 2e-2);
+    assert_true(agree >= n * 9 / 10);
+    eng_prefill_out_free(&a), eng_prefill_out_free(&b), eng_prefill_out_free(&c);
+    /* too big: refused with the estimate, quickly */
+    assert_int_equal(krn_synthetic_config("llama3-8b", &cfg, &err), 0);
+    const int big = 1 << 22;
+    int *bt = calloc((size_t)big, sizeof *bt);
+    assert_non_null(bt);
+    double need = 0, fr = 0;
+    assert_int_equal(krn_prefill_estimate(0, &cfg, big, NULL, 0, &need, &fr, &err), 0);
+    assert_true(need > fr);
+    assert_int_equal(krn_prefill_synthetic(0, st, &cfg, 5, bt, big, NULL, &a, NULL, &err), -1);
+    printf("  refusal: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "needs about"));
+    free(bt);
+    cudaStreamDestroy(st);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prefill_dense),
         cmocka_unit_test(test_prefill_bs),
         cmocka_unit_test(test_too_big_refused),
+        cmocka_unit_test(test_synthetic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
