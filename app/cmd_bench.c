@@ -17,7 +17,7 @@
 static void usage(FILE *f) {
     fprintf(f, "usage: attnscope bench [--n N,N,...] [--heads H] [--kv-heads K] [--dim D] [--reps R]\n"
                "                       [--patterns LIST] [--vs V,S] [--bs K] [--ashape I,L] [--variant 0|1]\n"
-               "                       [--synthetic MODEL] [--json OUT]\n\n"
+               "                       [--vs-fixed C,D] [--synthetic MODEL] [--json OUT]\n\n"
                "Kernel-level attention benchmark on the GPU (random bf16 Q/K/V, causal): the dense kernel\n"
                "vs each sparse pattern through the index-driven kernel, index building included; medians\n"
                "of R runs after warm-up; TFLOP/s counted on the entries each kernel computes (4*d per entry).\n\n"
@@ -31,6 +31,9 @@ static void usage(FILE *f) {
                "  --bs K          block-sparse blocks per row block (default 100)\n"
                "  --ashape I,L    A-shape sinks and window (default 1024,4096)\n"
                "  --variant V     dense kernel variant (0: 128-query tiles, 1: 64-query tiles)\n"
+               "  --vs-fixed C,D  one more row: vertical-slash on a fixed index of the D most local diagonals\n"
+               "                  + C columns (30 sinks + random), as PERF.md's MInference figures (1000,6096);\n"
+               "                  index time = our dynamic VS(C, D) build on the same inputs\n"
                "  --synthetic M   end-to-end prefill instead: a model of shape M (llama3-8b, llama3-70b-layer,\n"
                "                  qwen2-7b, tiny) with random weights made on the GPU, random tokens; the\n"
                "                  dense prefill vs each pattern on every layer and head (default --n\n"
@@ -139,10 +142,10 @@ int cmd_bench(int argc, char **argv) {
         {"vs", required_argument, 0, 'v'},       {"bs", required_argument, 0, 'b'},
         {"ashape", required_argument, 0, 'a'},   {"variant", required_argument, 0, 'V'},
         {"json", required_argument, 0, 'j'},     {"help", no_argument, 0, 'h'},
-        {"synthetic", required_argument, 0, 'S'},
+        {"synthetic", required_argument, 0, 'S'}, {"vs-fixed", required_argument, 0, 'X'},
         {0, 0, 0, 0}};
     const char *ns = "8192,16384,32768,65536,131072", *pats = "vs,bs,ashape,dense", *json = NULL;
-    const char *vs = "1000,6096", *ash = "1024,4096", *synth = NULL;
+    const char *vs = "1000,6096", *ash = "1024,4096", *synth = NULL, *vsx = NULL;
     int ns_set = 0, pats_set = 0, reps_set = 0;
     int H = 32, Hkv = 8, d = 128, reps = 5, bs = 100, variant = 0;
     optind = 1;
@@ -156,6 +159,7 @@ int cmd_bench(int argc, char **argv) {
         case 'r': if (cli_parse_int("bench", "--reps", optarg, 1, 1000, &reps)) return 2; reps_set = 1; break;
         case 'p': pats = optarg, pats_set = 1; break;
         case 'S': synth = optarg; break;
+        case 'X': vsx = optarg; break;
         case 'v': vs = optarg; break;
         case 'b': if (cli_parse_int("bench", "--bs", optarg, 1, 1 << 20, &bs)) return 2; break;
         case 'a': ash = optarg; break;
@@ -183,13 +187,17 @@ int cmd_bench(int argc, char **argv) {
         if (!reps_set) reps = 1;
     }
 #ifndef ATTNSCOPE_CUDA
-    (void)ns, (void)pats, (void)json, (void)vs, (void)ash, (void)reps, (void)bs, (void)variant, (void)synth;
+    (void)ns, (void)pats, (void)json, (void)vs, (void)ash, (void)reps, (void)bs, (void)variant, (void)synth, (void)vsx;
     cli_error("bench", "this build has no CUDA backend (nvcc was not found at build time)");
     return 1;
 #else
     krn_bench_cfg cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.H = H, cfg.Hkv = Hkv, cfg.d = d, cfg.reps = reps, cfg.dense_variant = variant;
+    if (vsx && (parse_pair(vsx, &cfg.vsx_cols, &cfg.vsx_diags) || cfg.vsx_cols < 1 || cfg.vsx_diags < 1)) {
+        cli_error("bench", "--vs-fixed '%s': want C,D (columns, diagonals), both >= 1", vsx);
+        return 2;
+    }
     char buf[256];
     snprintf(buf, sizeof buf, "%s", pats);
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
@@ -252,13 +260,13 @@ int cmd_bench(int argc, char **argv) {
             rc = 1;
             continue;
         }
-        krn_bench_row rows[1 + KRN_BENCH_MAX_PATS];
+        krn_bench_row rows[2 + KRN_BENCH_MAX_PATS];
         if (krn_bench_attention(&cfg, rows, &err)) {
             cli_error("bench", "N=%d: %s", cfg.n, err.msg);
             rc = 1;
             break;
         }
-        for (int i = 0; i <= cfg.n_pats; i++) {
+        for (int i = 0; i <= cfg.n_pats + (cfg.vsx_cols > 0); i++) {
             const krn_bench_row *r = &rows[i];
             printf("%8d  %-34s %9.3f %9.3f %9.3f %8.4f %7.2fx %9.1f %9.1f\n", cfg.n, r->name, r->index_ms, r->attn_ms,
                    r->total_ms, r->density, rows[0].total_ms / r->total_ms, r->tflops, r->tflops_total);
@@ -273,6 +281,7 @@ int cmd_bench(int argc, char **argv) {
             cJSON_AddNumberToObject(o, "speedup_vs_dense", rows[0].total_ms / r->total_ms);
             cJSON_AddNumberToObject(o, "tflops", r->tflops);
             cJSON_AddNumberToObject(o, "tflops_total", r->tflops_total);
+            if (i > cfg.n_pats) cJSON_AddNumberToObject(o, "fixed_lines_merge_ms", r->aux_ms);
             cJSON_AddItemToArray(arr, o);
         }
         fflush(stdout);

@@ -1,6 +1,7 @@
 /* cmd_info: `attnscope info --model DIR [--len N] [--json OUT]` describes a checkpoint (architecture,
  * sizes, dtypes, parameter count, context) and estimates the memory of an f32 CPU prefill. */
 #include <getopt.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,6 +120,18 @@ static int write_json(const char *path, const eng_model *m, long n, const mem_es
         cJSON_AddNumberToObject(rs, "high_freq_factor", short_num(c->rope_high_freq_factor));
         cJSON_AddNumberToObject(rs, "original_max_position_embeddings", c->rope_original_max_pos);
     }
+    if (c->rope_longrope) {
+        cJSON *rs = cJSON_AddObjectToObject(j, "rope_scaling");
+        cJSON_AddStringToObject(rs, "rope_type", "longrope");
+        cJSON_AddNumberToObject(rs, "factor", short_num(c->rope_factor));
+        cJSON_AddNumberToObject(rs, "attention_factor", short_num(c->rope_attn_factor));
+        cJSON_AddNumberToObject(rs, "original_max_position_embeddings", c->rope_original_max_pos);
+        cJSON *sf = cJSON_AddArrayToObject(rs, "short_factor"), *lf = cJSON_AddArrayToObject(rs, "long_factor");
+        for (int i = 0; i < c->head_dim / 2 && i < ENG_ROPE_MAX_FACTORS; i++) {
+            cJSON_AddItemToArray(sf, cJSON_CreateNumber(short_num(c->rope_short_factor[i])));
+            cJSON_AddItemToArray(lf, cJSON_CreateNumber(short_num(c->rope_long_factor[i])));
+        }
+    }
     cJSON_AddBoolToObject(j, "tie_word_embeddings", c->tie_word_embeddings);
     cJSON_AddBoolToObject(j, "qkv_bias", c->qkv_bias);
     cJSON_AddNumberToObject(j, "sliding_window", c->sliding_window);
@@ -220,6 +233,17 @@ int cmd_info(int argc, char **argv) {
     if (c->rope_llama3)
         printf(", llama3 scaling (factor %g, low %g, high %g, original context %d)", c->rope_factor,
                c->rope_low_freq_factor, c->rope_high_freq_factor, c->rope_original_max_pos);
+    if (c->rope_longrope) {
+        const int h = c->head_dim / 2;
+        float smin = c->rope_short_factor[0], smax = smin, lmin = c->rope_long_factor[0], lmax = lmin;
+        for (int i = 1; i < h && i < ENG_ROPE_MAX_FACTORS; i++) {
+            smin = fminf(smin, c->rope_short_factor[i]), smax = fmaxf(smax, c->rope_short_factor[i]);
+            lmin = fminf(lmin, c->rope_long_factor[i]), lmax = fmaxf(lmax, c->rope_long_factor[i]);
+        }
+        printf(", longrope scaling (factor %g, cos/sin x %g; %d short factors %g..%g up to %d tokens, "
+               "long factors %g..%g beyond)", short_num(c->rope_factor), short_num(c->rope_attn_factor), h,
+               short_num(smin), short_num(smax), c->rope_original_max_pos, short_num(lmin), short_num(lmax));
+    }
     printf("\n");
     printf("rms norm eps   %g\n", short_num(c->rms_norm_eps));
     printf("q/k/v bias     %s\n", c->qkv_bias ? "yes" : "no");

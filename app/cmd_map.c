@@ -18,6 +18,7 @@
 #include "eng_pattern.h"
 #include "eng_tok.h"
 #include "viz_color.h"
+#include "viz_mapfig.h"
 #include "viz_png.h"
 #include "viz_term.h"
 
@@ -392,10 +393,11 @@ static int run_figure(const map_args *a, map_ctx *c) {
     char title[512], pat[128];
     const eng_pattern *p = NULL;
     eng_err err = {{0}};
+    viz_mapfig mf = {0}; /* map mode: the figure shared with the explorer's export */
     if (a->mode == MODE_MAP) {
         head_view hv = head_at(c, l, a->head);
         if (pool_head(cmd, &hv, NULL, &mo, vals)) goto done;
-        snprintf(ptitle[0], sizeof ptitle[0], "%s softmax probability", pool_name(a->pool));
+        double frac = 0;
         if (a->patterns) {
             if (build_index(cmd, c, &hv, l, a->head, &ix, &p)) goto done;
             have_ix = 1;
@@ -410,13 +412,16 @@ static int run_figure(const map_args *a, map_ctx *c) {
                     goto done;
                 }
             }
-            double frac = (double)eng_index_count(&ix) / ((double)n * (n + 1) / 2.0);
-            snprintf(ptitle[0], sizeof ptitle[0], "%s   index: %.100s, density %.3f", pool_name(a->pool), pat, frac);
+            frac = (double)eng_index_count(&ix) / ((double)n * (n + 1) / 2.0);
         }
-        pn[0] = (viz_panel){.values = vals, .w = w, .h = h, .q0 = q0, .q1 = q1, .k0 = k0, .k1 = k1,
-                            .title = ptitle[0], .computed = comp, .verticals = vert, .n_verticals = nv,
-                            .slashes = slash, .n_slashes = ns, .block = a->patterns ? ENG_BLOCK : 0};
-        snprintf(title, sizeof title, "%.200s  layer %d head %d  (%d tokens)", model_name(c), l, a->head, n);
+        mf = (viz_mapfig){.model = model_name(c), .layer = l, .head = a->head, .n_tokens = n, .values = vals,
+                          .w = w, .h = h, .q0 = q0, .q1 = q1, .k0 = k0, .k1 = k1, .mean = a->pool == ENG_POOL_MEAN,
+                          .pattern = a->patterns ? pat : NULL, .density = frac, .computed = comp,
+                          .verticals = vert, .n_verticals = nv, .slashes = slash, .n_slashes = ns,
+                          .block = a->patterns ? ENG_BLOCK : 0, .cmap = a->cmap, .scale = a->scale,
+                          .gamma = a->gamma, .tokens = c->labels};
+        viz_mapfig_titles(&mf, title, sizeof title, ptitle[0], sizeof ptitle[0]);
+        pn[0] = viz_mapfig_panel(&mf, ptitle[0]);
     } else if (a->mode == MODE_GRID) {
         for (int hh = 0; hh < H; hh++) {
             head_view hv = head_at(c, l, hh);
@@ -466,7 +471,8 @@ static int run_figure(const map_args *a, map_ctx *c) {
     int cols = a->mode == MODE_GRID ? (int)ceil(sqrt((double)H)) : np;
     viz_figure f = {.title = title, .cmap = a->cmap, .scale = sc, .cbar_label = cbl, .cols = cols,
                     .tokens = c->labels, .n_tokens = n};
-    if (viz_figure_render(&f, pn, np, &cv, &err) || viz_png_write(a->out, &cv, cli_cmdline, &err)) {
+    if ((a->mode == MODE_MAP ? viz_mapfig_render(&mf, &cv, &err) : viz_figure_render(&f, pn, np, &cv, &err)) ||
+        viz_png_write(a->out, &cv, cli_cmdline, &err)) {
         cli_error(cmd, "%s", err.msg);
         goto done;
     }

@@ -389,7 +389,7 @@ int cmd_run(int argc, char **argv) {
     if (patterns) cli_report_print(stdout, &rep);
     if (transform)
         printf("transform: %s of attention+MLP weights (%.1f%% zero, weight rel err %.4f) vs the original model:\n"
-               "           KL(last) %.6f nats, top-1 agree %.4f, perplexity %.3f -> %.3f\n",
+               "           KL(last) %.4g nats, top-1 agree %.4f, perplexity %.3f -> %.3f\n",
                eng_transform_name(xf_flags), xf.n_weights ? 100.0 * (double)xf.n_zero / xf.n_weights : 0.0,
                xf.rel_err, xm.kl_last, xm.top1_agree, xm.ppl_dense, xm.ppl_sparse);
     if (generate > 0) {

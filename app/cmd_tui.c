@@ -339,12 +339,14 @@ int cmd_tui(int argc, char **argv) {
     endwin();
     g_curses_on = 0;
     eng_snapshot_free(snap);
-    if (tui_worker_stop(w, 1500)) {
-        /* The engine is mid-job (a prefill cannot be interrupted): leave now without running exit
-         * handlers, which would tear down the BLAS threads under it. The terminal is restored. */
-        fprintf(stderr, "attnscope tui: left while the engine was busy (%s)\n", st.what);
-        fflush(NULL);
-        _exit(0);
+    /* The worker cancels a running prefill before its next layer; wait for it so no engine (BLAS)
+     * thread is still working when exit handlers run. Meanwhile a second Ctrl-C ends the process
+     * at once (the terminal is already restored). */
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    if (tui_worker_stop(w, 1000)) {
+        fprintf(stderr, "attnscope tui: stopping the engine (%s)...\n", st.what);
+        tui_worker_stop(w, -1);
     }
     return 0;
 }

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "tui_export.h"
+
 typedef enum { JOB_PREFILL, JOB_PATTERN, JOB_E2E, JOB_EXPORT, JOB_SAVE } job_kind;
 
 typedef struct {
@@ -35,6 +37,7 @@ struct tui_worker {
     eng_snapshot *mailbox;  /* newest untaken snapshot */
     tui_status st;
     int stop, finished;
+    volatile int cancel;    /* read by the session's prefills between layers (eng_session_set_cancel) */
     char out_dir[1024];
     char command[4096];
     unsigned export_seq;
@@ -139,7 +142,12 @@ static void run_job(tui_worker *w, const job *j) {
         snprintf(path, sizeof path, "%s/attnscope-L%d-H%d-%u.png", w->out_dir, j->view.layer, j->view.head,
                  ++w->export_seq);
         set_busy(w, 1, "exporting PNG");
-        int rc = eng_session_export_png(w->s, &j->view, j->overlay, w->command[0] ? w->command : NULL, path, &err);
+        /* the engine snapshots the region at print resolution; app/ draws and writes the PNG */
+        eng_view ev = tui_export_view(&j->view, eng_session_n_tokens(w->s), j->overlay);
+        eng_snapshot *snap = NULL;
+        int rc = eng_session_snapshot(w->s, &ev, &snap, &err);
+        if (!rc) rc = tui_export_png(snap, j->overlay, w->command[0] ? w->command : NULL, path, NULL, NULL, &err);
+        eng_snapshot_free(snap);
         set_busy(w, 0, NULL);
         if (rc) set_msg(w, 1, "export: %s", err.msg);
         else set_msg(w, 0, "exported PNG: %s", path);
@@ -175,7 +183,8 @@ static void *thread_main(void *p) {
         if (have) run_job(w, &j);
         /* a snapshot after every command, and for every view change (coalesced) */
         pthread_mutex_lock(&w->mu);
-        int more = w->qlen > 0 && !w->stop;
+        if (w->stop) break;
+        int more = w->qlen > 0;
         pthread_mutex_unlock(&w->mu);
         if (!more) publish(w);
         pthread_mutex_lock(&w->mu);
@@ -206,6 +215,7 @@ int tui_worker_start(tui_worker **out, eng_session *s, const char *out_dir, cons
     tui_worker *w = calloc(1, sizeof *w);
     if (!w) return eng_err_set(err, "worker: out of memory");
     w->s = s;
+    eng_session_set_cancel(s, &w->cancel);
     snprintf(w->out_dir, sizeof w->out_dir, "%s", out_dir && *out_dir ? out_dir : ".");
     snprintf(w->command, sizeof w->command, "%s", command ? command : "");
     pthread_mutex_init(&w->mu, NULL);
@@ -230,6 +240,7 @@ int tui_worker_start(tui_worker **out, eng_session *s, const char *out_dir, cons
 
 int tui_worker_stop(tui_worker *w, int wait_ms) {
     if (!w) return 0;
+    w->cancel = 1; /* a running prefill stops before its next layer */
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += wait_ms / 1000;
@@ -242,13 +253,11 @@ int tui_worker_stop(tui_worker *w, int wait_ms) {
     w->stop = 1;
     pthread_cond_signal(&w->cv);
     int rc = 0;
-    while (!w->finished && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&w->done_cv, &w->mu, &until);
+    while (!w->finished && (wait_ms < 0 || rc != ETIMEDOUT))
+        rc = wait_ms < 0 ? pthread_cond_wait(&w->done_cv, &w->mu) : pthread_cond_timedwait(&w->done_cv, &w->mu, &until);
     int finished = w->finished;
     pthread_mutex_unlock(&w->mu);
-    if (!finished) {
-        pthread_detach(w->thread);
-        return 1;
-    }
+    if (!finished) return 1; /* still running: the caller may wait again */
     pthread_join(w->thread, NULL);
     eng_snapshot_free(w->mailbox);
     eng_session_free(w->s);

@@ -27,8 +27,9 @@ typedef struct {
  * PNGs. */
 int tui_worker_start(tui_worker **out, eng_session *s, const char *out_dir, const char *command, eng_err *err);
 
-/* Ask the thread to stop and wait up to wait_ms for it. When it finished, frees it and the session
- * and returns 0; when a long job still runs, returns 1 and leaves both to the process exit. */
+/* Ask the thread to stop, cancelling a running prefill or end-to-end run (it stops before its next
+ * layer), and wait up to wait_ms for it (< 0: until it ends). When it ended, joins it, frees it and
+ * the session and returns 0; on timeout returns 1 and frees nothing: call again to wait more. */
 int tui_worker_stop(tui_worker *w, int wait_ms);
 
 /* Commands; each returns at once. */

@@ -7,6 +7,7 @@
 
 #include "eng_err.h"
 #include "eng_index.h"
+#include "eng_map.h"
 #include "eng_model.h"
 #include "eng_pattern.h"
 
@@ -16,6 +17,9 @@ typedef struct {
     int keep_lse;                    /* keep each layer's dense row LSE (needs dense pass) */
     void (*progress)(void *ctx, int layer, int n_layers); /* may be NULL; called per layer */
     void *progress_ctx;
+    /* May be NULL. Checked before each layer: once another thread sets *cancel nonzero, the
+     * prefill stops there and returns -1 with err "cancelled" (out freed). */
+    volatile int *cancel;
 } eng_prefill_opts;
 
 /* What a prefill leaves behind. O(n) per position, never O(n * vocab) except last_logits. */
@@ -46,6 +50,10 @@ struct eng_backend {
                      double *seconds, eng_err *err);
     void (*destroy)(eng_backend *be);
     void *impl;
+    /* Optional, NULL when the backend has none (CPU: call eng_map_pool): the pooled attention map
+     * of one head with eng_map_pool's arguments and results (eng_map.h; opts->threads ignored). */
+    int (*map_pool)(eng_backend *be, const float *q, int q_stride, const float *k, int k_stride, int n, int d,
+                    const float *lse, const eng_head_index *ix, const eng_map_opts *opts, float *out, eng_err *err);
 };
 
 eng_backend *eng_backend_cpu_create(eng_err *err);

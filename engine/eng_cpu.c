@@ -130,13 +130,22 @@ float eng_cpu_exp_sum(float *x, int n, float m) {
 
 /* ---------------------------------------------------------------- ops */
 
-void eng_cpu_rope_freqs(const eng_config *cfg, int d, float *inv_freq) {
+float eng_cpu_rope_table(const eng_config *cfg, int d, int seq_len, float *inv_freq) {
     /* transformers: 1 / base ** (arange(0, d, 2).float() / d), all float32. */
+    if (cfg->rope_longrope && d / 2 <= ENG_ROPE_MAX_FACTORS) {
+        /* _compute_longrope_parameters: 1.0 / (ext_factors * base ** inv_freq_shape), float32 */
+        const float *ext = seq_len > cfg->rope_original_max_pos ? cfg->rope_long_factor : cfg->rope_short_factor;
+        for (int i = 0; i < d / 2; i++) {
+            float e = (float)(2 * i) / (float)d;
+            inv_freq[i] = 1.0f / (ext[i] * powf(cfg->rope_theta, e));
+        }
+        return cfg->rope_attn_factor > 0 ? cfg->rope_attn_factor : 1.0f;
+    }
     for (int i = 0; i < d / 2; i++) {
         float e = (float)(2 * i) / (float)d;
         inv_freq[i] = 1.0f / powf(cfg->rope_theta, e);
     }
-    if (!cfg->rope_llama3) return;
+    if (!cfg->rope_llama3) return 1.0f;
     /* _compute_llama3_parameters, float32 tensor maths against Python-float thresholds. */
     const float factor = cfg->rope_factor, lo = cfg->rope_low_freq_factor, hi = cfg->rope_high_freq_factor;
     const float old = (float)cfg->rope_original_max_pos;
@@ -151,7 +160,10 @@ void eng_cpu_rope_freqs(const eng_config *cfg, int d, float *inv_freq) {
         if (!(wl < high_wl) && !(wl > low_wl)) fl = smoothed;
         inv_freq[i] = fl;
     }
+    return 1.0f;
 }
+
+void eng_cpu_rope_freqs(const eng_config *cfg, int d, float *inv_freq) { (void)eng_cpu_rope_table(cfg, d, 0, inv_freq); }
 
 /* One token's heads: cs holds cos[d/2] then sin[d/2] for its position. */
 static void rope_row(float *x, int n_heads, int d, const float *cs) {
@@ -167,13 +179,15 @@ static void rope_row(float *x, int n_heads, int d, const float *cs) {
     }
 }
 
-/* cos/sin of the float32 angle pos * inv_freq[i], as transformers (its matmul of one term is exact). */
-static void rope_cs(int pos, int d, const float *inv_freq, float *cs) {
+/* cos/sin of the float32 angle pos * inv_freq[i], as transformers (its matmul of one term is exact),
+ * times scale (longrope's attention factor; transformers multiplies the float32 cos/sin by it). */
+static void rope_cs(int pos, int d, const float *inv_freq, float scale, float *cs) {
     const int h2 = d / 2;
     for (int i = 0; i < h2; i++) {
         const float a = (float)pos * inv_freq[i];
         cs[i] = (float)cos((double)a);
         cs[h2 + i] = (float)sin((double)a);
+        if (scale != 1.0f) cs[i] *= scale, cs[h2 + i] *= scale;
     }
 }
 
@@ -181,7 +195,7 @@ void eng_cpu_rope_apply(float *x, int n, int n_heads, int d, int pos0, const flo
     float cs[1024];
     if (d > 1024) return; /* precondition (eng_cpu.h); the prefill refuses such models */
     for (int t = 0; t < n; t++) {
-        rope_cs(pos0 + t, d, inv_freq, cs);
+        rope_cs(pos0 + t, d, inv_freq, 1.0f, cs);
         rope_row(x + (size_t)t * n_heads * d, n_heads, d, cs);
     }
 }
@@ -512,15 +526,20 @@ static int cpu_prefill(eng_backend *be, const eng_model *m, const int *tokens, i
         goto done;
     }
 
-    /* RoPE table (n, d): cos[d/2] then sin[d/2] per position, shared by all layers and heads. */
-    eng_cpu_rope_freqs(c, d, b.inv);
-    for (int t = 0; t < n; t++) rope_cs(t, d, b.inv, b.cs + (size_t)t * d);
+    /* RoPE table (n, d): cos[d/2] then sin[d/2] per position, shared by all layers and heads
+     * (longrope: the factors for an n-token sequence, cos/sin scaled). */
+    const float rope_scale = eng_cpu_rope_table(c, d, n, b.inv);
+    for (int t = 0; t < n; t++) rope_cs(t, d, b.inv, rope_scale, b.cs + (size_t)t * d);
 
     /* x (n, C) = embed[tokens] */
     for (int t = 0; t < n; t++) eng_tensor_to_f32(&m->embed, (int64_t)tokens[t] * C, C, b.x + (size_t)t * C);
 
     for (int l = 0; l < L; l++) {
         const eng_layer_weights *lw = &m->layers[l];
+        if (opts && opts->cancel && *opts->cancel) {
+            eng_err_set(err, "cancelled");
+            goto done;
+        }
         if (opts && opts->progress) opts->progress(opts->progress_ctx, l, L);
         /* attention block: xn = norm(x); q, k, v = xn W^T + b; RoPE; att = attention; x += att Wo^T */
         eng_tensor_to_f32(&lw->attn_norm, 0, C, b.nw);

@@ -6,8 +6,17 @@
 
 #include "eng_model.h"
 
-/* RoPE inverse frequencies inv_freq[d/2] exactly as transformers computes them in float32:
- * theta^(-2i/d), then the "llama3" rope_scaling remap when cfg->rope_llama3. */
+/* The one place RoPE frequencies are computed (CPU prefill, decoder, CUDA prefill): inv_freq[d/2]
+ * for a sequence whose largest position is seq_len - 1, exactly as transformers computes them in
+ * float32: theta^(-2i/d); then the "llama3" remap when cfg->rope_llama3; or, when
+ * cfg->rope_longrope, 1 / (ext[i] * theta^(2i/d)) with ext = rope_long_factor when seq_len >
+ * rope_original_max_pos (transformers' longrope_frequency_update: max(position_ids) + 1 >
+ * original), else rope_short_factor. Returns the factor cos and sin are multiplied by
+ * (cfg->rope_attn_factor for longrope, else 1). */
+float eng_cpu_rope_table(const eng_config *cfg, int d, int seq_len, float *inv_freq);
+
+/* eng_cpu_rope_table for a sequence within the original context (longrope's short factors),
+ * without the cos/sin factor: for callers that know the model has no longrope scaling. */
 void eng_cpu_rope_freqs(const eng_config *cfg, int d, float *inv_freq);
 
 /* Rotate-half RoPE in place on x (n, n_heads*d): token t sits at position pos0 + t; for each head

@@ -223,6 +223,9 @@ int eng_decoder_step(eng_decoder *d, int token, float *logits, eng_err *err) {
     eng_tensor_to_f32(&m->embed, (int64_t)token * C, C, d->x);
     /* Mistral: key k visible to query q iff q - k < window (as the prefill). */
     const int lo = c->sliding_window > 0 && pos + 1 > c->sliding_window ? pos + 1 - c->sliding_window : 0;
+    /* longrope (Phi-3): transformers picks the factors for each step's pos + 1 positions, and scales
+     * cos/sin; RoPE is linear, so the scale is applied to the rotated q and k. */
+    const float rope_scale = c->rope_longrope ? eng_cpu_rope_table(c, hd, pos + 1, d->inv_freq) : 1.0f;
     for (int l = 0; l < L; l++) {
         const dec_w *w = d->w + (size_t)l * W__COUNT;
         float *kc = d->k + (size_t)l * cap * kvd, *vc = d->v + (size_t)l * cap * kvd;
@@ -238,6 +241,10 @@ int eng_decoder_step(eng_decoder *d, int token, float *logits, eng_err *err) {
         }
         eng_cpu_rope_apply(q, 1, H, hd, pos, d->inv_freq);
         eng_cpu_rope_apply(k, 1, Hkv, hd, pos, d->inv_freq);
+        if (rope_scale != 1.0f) {
+            for (int i = 0; i < qd; i++) q[i] *= rope_scale;
+            for (int i = 0; i < kvd; i++) k[i] *= rope_scale;
+        }
         attend(d, kc, vc, lo, pos + 1);
         gemv(&w[W_O], d->att, C, qd, d->xn, d->scratch);
         for (int i = 0; i < C; i++) d->x[i] += d->xn[i];

@@ -160,6 +160,64 @@ static int cfg_token_id(const cJSON *root, const char *key, int *out, const char
     return 0;
 }
 
+/* rope_scaling's `key`: a list of exactly n positive finite numbers, as float32 (transformers
+ * makes a float32 tensor of it). */
+static int cfg_factor_list(const cJSON *rs, const char *key, int n, float *out, const char *what, eng_err *err) {
+    const cJSON *l = cJSON_GetObjectItemCaseSensitive(rs, key);
+    if (!cJSON_IsArray(l)) return eng_err_set(err, "%s: missing or non-list required field \"%s\"", what, key);
+    int len = cJSON_GetArraySize(l);
+    if (len != n)
+        return eng_err_set(err, "%s: \"%s\" has %d entries, head_dim / 2 = %d expected", what, key, len, n);
+    int i = 0;
+    for (const cJSON *j = l->child; j; j = j->next, i++) {
+        float f = cJSON_IsNumber(j) ? (float)j->valuedouble : 0.0f;
+        if (!cJSON_IsNumber(j) || !isfinite(j->valuedouble) || !(f > 0) || !isfinite(f))
+            return eng_err_set(err, "%s: \"%s\"[%d] is not a positive number", what, key, i);
+        out[i] = f;
+    }
+    return 0;
+}
+
+/* longrope / su (Phi-3), as transformers' _compute_longrope_parameters and Phi3Config: the
+ * original context is rope_scaling's original_max_position_embeddings, else the top-level one,
+ * else (Phi3Config's default) 4096 for Phi-3 and max_position_embeddings otherwise; factor is
+ * rope_scaling's "factor", else max_position_embeddings / original; the cos/sin factor is
+ * rope_scaling's "attention_factor", else sqrt(1 + ln(factor) / ln(original)) (1 when factor <= 1). */
+static int cfg_longrope(eng_config *c, const cJSON *root, const cJSON *rs, const char *what, const char *sub,
+                        eng_err *err) {
+    const int half = c->head_dim / 2;
+    if (half > ENG_ROPE_MAX_FACTORS) return eng_err_set(err, "%s: head_dim %d too large for longrope", sub, c->head_dim);
+    if (cfg_factor_list(rs, "short_factor", half, c->rope_short_factor, sub, err) ||
+        cfg_factor_list(rs, "long_factor", half, c->rope_long_factor, sub, err))
+        return -1;
+    int orig = 0;
+    if (cJSON_GetObjectItemCaseSensitive(rs, "original_max_position_embeddings")) {
+        if (cfg_int(rs, "original_max_position_embeddings", -1, 2, 1 << 27, &orig, sub, err)) return -1;
+    } else if (cfg_int(root, "original_max_position_embeddings",
+                       c->arch == ENG_ARCH_PHI3 ? 4096 : c->max_position_embeddings, 2, 1 << 27, &orig, what, err)) {
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        return eng_err_set(err, "%s (needed by longrope rope_scaling)", msg);
+    }
+    double factor = (double)c->max_position_embeddings / (double)orig;
+    if (cJSON_GetObjectItemCaseSensitive(rs, "factor")) {
+        float f;
+        if (cfg_float(rs, "factor", 0, 0, 1e6, &f, sub, err)) return -1;
+        factor = f;
+    }
+    double attn = factor <= 1.0 ? 1.0 : sqrt(1.0 + log(factor) / log((double)orig));
+    if (cJSON_GetObjectItemCaseSensitive(rs, "attention_factor")) {
+        float f;
+        if (cfg_float(rs, "attention_factor", 0, 0, 1e6, &f, sub, err)) return -1;
+        attn = f;
+    }
+    c->rope_original_max_pos = orig;
+    c->rope_factor = (float)factor;
+    c->rope_attn_factor = (float)attn;
+    c->rope_longrope = 1;
+    return 0;
+}
+
 static int cfg_rope_scaling(eng_config *c, const cJSON *root, const char *what, eng_err *err) {
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
     if (!rs || cJSON_IsNull(rs)) return 0;
@@ -169,11 +227,12 @@ static int cfg_rope_scaling(eng_config *c, const cJSON *root, const char *what, 
     if (!cJSON_IsString(ty))
         return eng_err_set(err, "%s: \"rope_scaling\" has no string \"rope_type\" (or \"type\")", what);
     if (!strcmp(ty->valuestring, "default")) return 0;
-    if (strcmp(ty->valuestring, "llama3"))
-        return eng_err_set(err, "%s: unsupported rope_scaling type \"%.40s\" (supported: llama3)", what,
-                           ty->valuestring);
     char sub[600];
     snprintf(sub, sizeof sub, "%s: rope_scaling", what);
+    if (!strcmp(ty->valuestring, "longrope") || !strcmp(ty->valuestring, "su")) return cfg_longrope(c, root, rs, what, sub, err);
+    if (strcmp(ty->valuestring, "llama3"))
+        return eng_err_set(err, "%s: unsupported rope_scaling type \"%.40s\" (supported: llama3, longrope, su)", what,
+                           ty->valuestring);
     const char *need[] = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"};
     for (int i = 0; i < 4; i++)
         if (!cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(rs, need[i])))
@@ -214,6 +273,7 @@ int eng_config_parse(eng_config *cfg, const char *json, size_t len, const char *
         {"LlamaForCausalLM", "llama", ENG_ARCH_LLAMA},
         {"MistralForCausalLM", "mistral", ENG_ARCH_MISTRAL},
         {"Qwen2ForCausalLM", "qwen2", ENG_ARCH_QWEN2},
+        {"Phi3ForCausalLM", "phi3", ENG_ARCH_PHI3},
     };
     const cJSON *ar = cJSON_GetObjectItemCaseSensitive(root, "architectures");
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
@@ -241,7 +301,7 @@ int eng_config_parse(eng_config *cfg, const char *json, size_t len, const char *
         }
     if (!found) {
         eng_err_set(err, "%s: unsupported %s \"%.60s\" (supported: LlamaForCausalLM, MistralForCausalLM, "
-                    "Qwen2ForCausalLM)", what, by_type ? "model_type" : "architecture", name);
+                    "Qwen2ForCausalLM, Phi3ForCausalLM)", what, by_type ? "model_type" : "architecture", name);
         goto out;
     }
 
@@ -257,11 +317,15 @@ int eng_config_parse(eng_config *cfg, const char *json, size_t len, const char *
         goto out;
     const cJSON *prf = cJSON_GetObjectItemCaseSensitive(root, "partial_rotary_factor");
     if (prf && !cJSON_IsNull(prf) && !(cJSON_IsNumber(prf) && prf->valuedouble == 1.0)) {
-        eng_err_set(err, "%s: unsupported \"partial_rotary_factor\" (only 1.0)", what);
+        if (cJSON_IsNumber(prf))
+            eng_err_set(err, "%s: unsupported \"partial_rotary_factor\" %g (only 1.0: RoPE on the whole head)", what,
+                        prf->valuedouble);
+        else
+            eng_err_set(err, "%s: unsupported \"partial_rotary_factor\" (only 1.0)", what);
         goto out;
     }
 
-    int default_ctx = c.arch == ENG_ARCH_LLAMA ? 2048 : 32768;
+    int default_ctx = c.arch == ENG_ARCH_LLAMA ? 2048 : c.arch == ENG_ARCH_PHI3 ? 4096 : 32768;
     if (cfg_int(root, "vocab_size", -1, 1, 1 << 22, &c.vocab_size, what, err) ||
         cfg_int(root, "hidden_size", -1, 1, 1 << 16, &c.hidden_size, what, err) ||
         cfg_int(root, "intermediate_size", -1, 1, 1 << 20, &c.intermediate_size, what, err) ||
@@ -297,7 +361,8 @@ int eng_config_parse(eng_config *cfg, const char *json, size_t len, const char *
     }
     if (c.bos_token_id >= c.vocab_size) c.bos_token_id = -1;
     if (c.eos_token_id >= c.vocab_size) c.eos_token_id = -1;
-    if (c.arch == ENG_ARCH_MISTRAL &&
+    /* Phi-3 too: transformers' Phi3Model masks with its sliding_window (Phi-3-mini-4k: 2047). */
+    if ((c.arch == ENG_ARCH_MISTRAL || c.arch == ENG_ARCH_PHI3) &&
         cfg_int(root, "sliding_window", 0, 0, 1 << 27, &c.sliding_window, what, err))
         goto out;
     c.qkv_bias = c.arch == ENG_ARCH_QWEN2;
@@ -558,6 +623,16 @@ static int bind(model_impl *im, eng_tensor *out, const char *name, int optional,
     return 0;
 }
 
+/* Rows [r0, r0 + rows) of the bound 2-D tensor f as a view into its data: Phi-3's fused
+ * qkv_proj / gate_up_proj seen as the separate projections the backends expect. */
+static void row_slice(eng_tensor *out, const eng_tensor *f, int64_t r0, int64_t rows, const char *part) {
+    *out = *f;
+    snprintf(out->name, sizeof out->name, "%.110s[%s]", f->name, part);
+    out->shape[0] = rows;
+    out->numel = rows * f->shape[1];
+    out->data = (const unsigned char *)f->data + (size_t)(r0 * f->shape[1]) * eng_dtype_size(f->dtype);
+}
+
 int eng_model_load(eng_model **out, const char *dir, eng_err *err) {
     *out = NULL;
     if (eng_gguf_is_path(dir)) return eng_gguf_load(out, dir, err); /* a .gguf file: engine/eng_gguf.c */
@@ -640,9 +715,20 @@ int eng_model_load(eng_model **out, const char *dir, eng_err *err) {
         np += w->field.numel;                                                                                     \
     } while (0)
         B(attn_norm, "input_layernorm.weight", 0, 1, C, 0);
-        B(wq, "self_attn.q_proj.weight", 0, 2, Dq, C);
-        B(wk, "self_attn.k_proj.weight", 0, 2, Dkv, C);
-        B(wv, "self_attn.v_proj.weight", 0, 2, Dkv, C);
+        if (c->arch == ENG_ARCH_PHI3) {
+            /* fused (Dq + 2 Dkv, C): rows q, then k, then v (transformers' Phi3Attention) */
+            eng_tensor fused;
+            snprintf(nm, sizeof nm, "model.layers.%d.self_attn.qkv_proj.weight", l);
+            if (bind(im, &fused, nm, 0, 2, Dq + 2 * Dkv, C, err)) goto fail;
+            np += fused.numel;
+            row_slice(&w->wq, &fused, 0, Dq, "q");
+            row_slice(&w->wk, &fused, Dq, Dkv, "k");
+            row_slice(&w->wv, &fused, Dq + Dkv, Dkv, "v");
+        } else {
+            B(wq, "self_attn.q_proj.weight", 0, 2, Dq, C);
+            B(wk, "self_attn.k_proj.weight", 0, 2, Dkv, C);
+            B(wv, "self_attn.v_proj.weight", 0, 2, Dkv, C);
+        }
         B(wo, "self_attn.o_proj.weight", 0, 2, C, Dq);
         if (c->qkv_bias) {
             B(bq, "self_attn.q_proj.bias", 0, 1, Dq, 0);
@@ -650,8 +736,18 @@ int eng_model_load(eng_model **out, const char *dir, eng_err *err) {
             B(bv, "self_attn.v_proj.bias", 0, 1, Dkv, 0);
         }
         B(ffn_norm, "post_attention_layernorm.weight", 0, 1, C, 0);
-        B(w_gate, "mlp.gate_proj.weight", 0, 2, F, C);
-        B(w_up, "mlp.up_proj.weight", 0, 2, F, C);
+        if (c->arch == ENG_ARCH_PHI3) {
+            /* fused (2F, C): rows gate, then up (Phi3MLP's chunk(2)) */
+            eng_tensor fused;
+            snprintf(nm, sizeof nm, "model.layers.%d.mlp.gate_up_proj.weight", l);
+            if (bind(im, &fused, nm, 0, 2, 2 * F, C, err)) goto fail;
+            np += fused.numel;
+            row_slice(&w->w_gate, &fused, 0, F, "gate");
+            row_slice(&w->w_up, &fused, F, F, "up");
+        } else {
+            B(w_gate, "mlp.gate_proj.weight", 0, 2, F, C);
+            B(w_up, "mlp.up_proj.weight", 0, 2, F, C);
+        }
         B(w_down, "mlp.down_proj.weight", 0, 2, C, F);
 #undef B
     }

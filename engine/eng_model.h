@@ -12,7 +12,9 @@
 
 typedef enum { ENG_DT_F32 = 0, ENG_DT_F16, ENG_DT_BF16, ENG_DT__COUNT } eng_dtype;
 
-typedef enum { ENG_ARCH_LLAMA = 0, ENG_ARCH_MISTRAL, ENG_ARCH_QWEN2, ENG_ARCH__COUNT } eng_arch;
+typedef enum { ENG_ARCH_LLAMA = 0, ENG_ARCH_MISTRAL, ENG_ARCH_QWEN2, ENG_ARCH_PHI3, ENG_ARCH__COUNT } eng_arch;
+
+#define ENG_ROPE_MAX_FACTORS 512 /* longrope factors per list: head_dim / 2, head_dim <= 1024 */
 
 typedef struct {
     eng_arch arch;
@@ -29,12 +31,19 @@ typedef struct {
     int max_position_embeddings;
     int tie_word_embeddings;
     int qkv_bias;                /* Qwen2: q/k/v projections carry biases */
-    int sliding_window;          /* Mistral; 0 = none */
+    int sliding_window;          /* Mistral, Phi-3; 0 = none */
     int bos_token_id, eos_token_id; /* -1 when absent */
     /* rope_scaling {"rope_type": "llama3", ...}; rope_llama3 = 0 means plain RoPE */
     int rope_llama3;
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int rope_original_max_pos;
+    /* rope_scaling {"rope_type": "longrope"} (or the older "su"; Phi-3): inv_freq[i] is divided by
+     * rope_short_factor[i] while the sequence fits rope_original_max_pos, by rope_long_factor[i]
+     * beyond it, and cos/sin are multiplied by rope_attn_factor (eng_cpu_rope_table). rope_factor
+     * holds longrope's factor (config "factor", else max_position_embeddings / original). */
+    int rope_longrope;
+    float rope_attn_factor;
+    float rope_short_factor[ENG_ROPE_MAX_FACTORS], rope_long_factor[ENG_ROPE_MAX_FACTORS]; /* [head_dim/2] */
     char torch_dtype[16];
 } eng_config;
 
@@ -49,6 +58,8 @@ typedef struct {
     const void *data;            /* NULL for an absent optional tensor (e.g. no bias) */
 } eng_tensor;
 
+/* Phi-3's fused self_attn.qkv_proj (rows q, k, v) and mlp.gate_up_proj (rows gate, up) are
+ * exposed as row-slice views: wq/wk/wv and w_gate/w_up point into the fused matrix. */
 typedef struct {
     eng_tensor attn_norm;        /* (C) */
     eng_tensor wq, wk, wv, wo;   /* (H*d, C) (Hkv*d, C) (Hkv*d, C) (C, H*d) */

@@ -268,15 +268,54 @@ static int cmp_int_asc(const void *a, const void *b) {
 }
 static int cmp_int_desc(const void *a, const void *b) { return cmp_int_asc(b, a); }
 
-/* Indices of the k largest of s[0..n) (ties: lower index), in *out (k entries). */
-static int top_k(const double *s, int n, int k, int *out) {
-    scored *t = malloc((size_t)n * sizeof *t);
-    if (!t) return -1;
+/* The sort order of cmp_scored as a predicate: x ranks before y. */
+static inline int ranks_before(scored x, scored y) { return x.s > y.s || (x.s == y.s && x.i < y.i); }
+
+/* Partial selection (quickselect, O(n) on average): reorders t[0..n) so that t[0..k) holds the k
+ * entries that come first in cmp_scored's order, in no particular order. The order is total
+ * (indices are distinct), so this is exactly the set a full sort's first k entries would be. */
+static void select_top(scored *t, int n, int k) {
+    if (k <= 0 || k >= n) return;
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        scored x;
+#define SWAP_(a, b) (x = t[a], t[a] = t[b], t[b] = x)
+        if (ranks_before(t[mid], t[lo])) SWAP_(lo, mid);
+        if (ranks_before(t[hi], t[lo])) SWAP_(lo, hi);
+        if (ranks_before(t[hi], t[mid])) SWAP_(mid, hi);
+        const scored pv = t[mid];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (ranks_before(t[i], pv)) i++;
+            while (ranks_before(pv, t[j])) j--;
+            if (i <= j) {
+                SWAP_(i, j);
+                i++, j--;
+            }
+        }
+#undef SWAP_
+        if (k - 1 <= j) hi = j;      /* the boundary lies in the front part */
+        else if (k - 1 >= i) lo = i; /* ... or in the back part */
+        else break;                  /* between: t[j+1..i) equal the pivot, the split is done */
+    }
+}
+
+/* Indices of the k largest of s[0..n) (ties: lower index), ascending (desc = 0) or descending
+ * (desc = 1) into out; t and mark (n entries each) are scratch. O(n) apart from the selection. */
+static void top_k(const double *s, int n, int k, int desc, scored *t, unsigned char *mark, int *out) {
     for (int i = 0; i < n; i++) t[i] = (scored){s[i], i};
-    qsort(t, (size_t)n, sizeof *t, cmp_scored);
-    for (int i = 0; i < k; i++) out[i] = t[i].i;
-    free(t);
-    return 0;
+    select_top(t, n, k);
+    memset(mark, 0, (size_t)n);
+    for (int i = 0; i < k; i++) mark[t[i].i] = 1;
+    int c = 0;
+    if (desc) {
+        for (int i = n - 1; i >= 0; i--)
+            if (mark[i]) out[c++] = i;
+    } else {
+        for (int i = 0; i < n; i++)
+            if (mark[i]) out[c++] = i;
+    }
 }
 
 /* MInference's convert_vertical_slash_indexes for one row block [m0, m0 + 64) (upstream uses
@@ -289,8 +328,19 @@ static void vs_convert_row(int m0, int last, const int *v, int nv, const int *s,
     int end_m = m0 + B, nb = 0, nc = 0;
     int iv = 0, is = 0;
     int v_idx = iv < nv ? v[iv++] : end_m + B;
-    int s_idx = is < ns ? s[is++] : -1;
-    while (s_idx >= end_m && is < ns) s_idx = s[is++];
+    /* Skip the offsets >= end_m (they reach no key of this row block): binary search over the
+     * descending s for the first one below end_m, where upstream steps one at a time. */
+    int s_idx = -1;
+    if (ns > 0) {
+        int lo = 0, hi = ns;
+        while (lo < hi) {
+            int mid = lo + (hi - lo) / 2;
+            if (s[mid] >= end_m) lo = mid + 1;
+            else hi = mid;
+        }
+        if (lo < ns) s_idx = s[lo], is = lo + 1;
+        else s_idx = s[ns - 1], is = ns;
+    }
     s_idx = s_idx >= end_m ? end_m + B : (end_m - s_idx > B ? end_m - s_idx : B);
     int range_start = s_idx - B, range_end = s_idx;
 #define SAVE_RANGE()                                                            \
@@ -327,6 +377,23 @@ static void vs_convert_row(int m0, int last, const int *v, int nv, const int *s,
     *nc_out = nc;
 }
 
+#define VS_KT 64 /* keys per transposed tile of the estimate */
+#define VS_QG 64 /* queries per pass over K: all 64 in one pass (logit buffer 64 x n floats) */
+
+/* out[jj] = (sum_c q[c] * kt[c][jj]) * scale for jj < nk: per key the same fp32 operations, in
+ * the same order, as the scalar loop `acc = 0; for c: acc += q[c] * k[c]`, 64 keys at a time. */
+static void vs_dot_tile(const float *restrict q, const float *restrict kt, int d, float scale, int nk,
+                        float *restrict out) {
+    float acc[VS_KT];
+    for (int jj = 0; jj < VS_KT; jj++) acc[jj] = 0.0f;
+    for (int c = 0; c < d; c++) {
+        const float qc = q[c];
+        const float *kc = kt + (size_t)c * VS_KT;
+        for (int jj = 0; jj < VS_KT; jj++) acc[jj] += qc * kc[jj];
+    }
+    for (int jj = 0; jj < nk; jj++) out[jj] = acc[jj] * scale;
+}
+
 int eng_pattern_vs_lines(const eng_pattern *p, const float *q, int q_stride, const float *k, int k_stride, int n,
                          int d, int *vert, int *n_vert, int *slash, int *n_slash, eng_err *err) {
     if (!q || !k) return eng_err_set(err, "vs: needs Q and K");
@@ -336,46 +403,57 @@ int eng_pattern_vs_lines(const eng_pattern *p, const float *q, int q_stride, con
     if (kv > n) kv = n;
     if (ks > n) ks = n;
     int last_q = n < VS_LAST_Q ? n : VS_LAST_Q, rc = -1;
+    const int rows_max = last_q < VS_QG ? last_q : VS_QG;
     double *vs = calloc((size_t)n, sizeof *vs), *ss = calloc((size_t)n, sizeof *ss);
-    float *a = malloc((size_t)n * sizeof *a);
-    if (!vs || !ss || !a) {
+    float *a = malloc((size_t)rows_max * n * sizeof *a);              /* (rows, n) logits of a query group */
+    float *kt = malloc((size_t)d * VS_KT * sizeof *kt);                /* (d, 64) transposed key tile */
+    scored *t = malloc((size_t)n * sizeof *t);
+    unsigned char *mark = malloc((size_t)n);
+    if (!vs || !ss || !a || !kt || !t || !mark) {
         eng_err_set(err, "vs: out of memory (n = %d)", n);
         goto done;
     }
-    /* 1. A = softmax(Q[-64:] K^T * scale), causal inside the trailing square; fp32 like upstream. */
-    float scale = 1.0f / sqrtf((float)d);
-    for (int r = 0; r < last_q; r++) {
-        int qi = n - last_q + r;
-        const float *qr = q + (size_t)qi * q_stride;
-        float mx = -INFINITY;
-        for (int j = 0; j <= qi; j++) {
-            const float *kr = k + (size_t)j * k_stride;
-            float acc = 0;
-            for (int c = 0; c < d; c++) acc += qr[c] * kr[c];
-            a[j] = acc * scale;
-            if (a[j] > mx) mx = a[j];
+    /* 1. A = softmax(Q[-64:] K^T * scale), causal inside the trailing square; fp32 like upstream.
+     * Each logit is the same sequential fp32 sum over c as a plain dot product (bit-exact); the
+     * SIMD lanes run over 64 keys of a transposed K tile, for groups of VS_QG queries. */
+    const float scale = 1.0f / sqrtf((float)d);
+    for (int g0 = 0; g0 < last_q; g0 += VS_QG) {
+        const int rows = last_q - g0 < VS_QG ? last_q - g0 : VS_QG;
+        const int qlast = n - last_q + g0 + rows - 1; /* keys [0, qlast] reach some row */
+        for (int j0 = 0; j0 <= qlast; j0 += VS_KT) {
+            const int nk = qlast + 1 - j0 < VS_KT ? qlast + 1 - j0 : VS_KT;
+            for (int jj = 0; jj < nk; jj++) {
+                const float *kr = k + (size_t)(j0 + jj) * k_stride;
+                for (int c = 0; c < d; c++) kt[(size_t)c * VS_KT + jj] = kr[c];
+            }
+            for (int c = 0; c < d && nk < VS_KT; c++) memset(kt + (size_t)c * VS_KT + nk, 0, sizeof *kt * (VS_KT - nk));
+            for (int r = 0; r < rows; r++)
+                vs_dot_tile(q + (size_t)(n - last_q + g0 + r) * q_stride, kt, d, scale, nk, a + (size_t)r * n + j0);
         }
-        float sum = 0;
-        for (int j = 0; j <= qi; j++) {
-            a[j] = expf(a[j] - mx);
-            sum += a[j];
-        }
-        float inv = 1.0f / sum;
-        /* 2./3. column sums and diagonal sums (offset o = qi - j) */
-        for (int j = 0; j <= qi; j++) {
-            float w = a[j] * inv;
-            vs[j] += w;
-            ss[qi - j] += w;
+        for (int r = 0; r < rows; r++) {
+            const int qi = n - last_q + g0 + r;
+            float *ar = a + (size_t)r * n;
+            float mx = -INFINITY;
+            for (int j = 0; j <= qi; j++)
+                if (ar[j] > mx) mx = ar[j];
+            float sum = 0;
+            for (int j = 0; j <= qi; j++) {
+                ar[j] = expf(ar[j] - mx);
+                sum += ar[j];
+            }
+            float inv = 1.0f / sum;
+            /* 2./3. column sums and diagonal sums (offset o = qi - j), rows in query order */
+            for (int j = 0; j <= qi; j++) {
+                float w = ar[j] * inv;
+                vs[j] += w;
+                ss[qi - j] += w;
+            }
         }
     }
     for (int j = 0; j < VS_SINKS && j < n; j++) vs[j] = INFINITY;
     for (int o = 0; o < VS_LOCAL && o < n; o++) ss[o] = INFINITY;
-    if (top_k(vs, n, kv, vert) || top_k(ss, n, ks, slash)) {
-        eng_err_set(err, "vs: out of memory (n = %d)", n);
-        goto done;
-    }
-    qsort(vert, (size_t)kv, sizeof *vert, cmp_int_asc);
-    qsort(slash, (size_t)ks, sizeof *slash, cmp_int_desc);
+    top_k(vs, n, kv, 0, t, mark, vert);
+    top_k(ss, n, ks, 1, t, mark, slash);
     *n_vert = kv;
     *n_slash = ks;
     rc = 0;
@@ -383,6 +461,9 @@ done:
     free(vs);
     free(ss);
     free(a);
+    free(kt);
+    free(t);
+    free(mark);
     return rc;
 }
 
@@ -438,9 +519,12 @@ static int build_bs(const eng_pattern *p, const float *q, int q_stride, const fl
     int kk = p->topk < n_rb ? p->topk : n_rb;
     if (kk < 1) return eng_err_set(err, "bs: topk %d must be >= 1", p->topk);
     float *qp = calloc((size_t)n_rb * d, sizeof *qp), *kp = calloc((size_t)n_rb * d, sizeof *kp);
+    float *kpt = malloc((size_t)n_rb * d * sizeof *kpt); /* (d, n_rb): kp transposed */
+    double *sc = malloc((size_t)n_rb * sizeof *sc);
     scored *t = malloc((size_t)n_rb * sizeof *t);
+    unsigned char *mark = malloc((size_t)n_rb);
     int rc = -1;
-    if (!qp || !kp || !t) {
+    if (!qp || !kp || !kpt || !sc || !t || !mark) {
         eng_err_set(err, "bs: out of memory (n = %d)", n);
         goto done;
     }
@@ -455,29 +539,39 @@ static int build_bs(const eng_pattern *p, const float *q, int q_stride, const fl
         for (int c = 0; c < d; c++) {
             qo[c] /= (float)(t1 - t0);
             ko[c] /= (float)(t1 - t0);
+            kpt[(size_t)c * n_rb + b] = ko[c];
         }
     }
     if (eng_index_alloc(ix, n, kk, 0, err)) goto done;
     for (int rb = 0; rb < n_rb; rb++) {
         int *bo = ix->block_offset + (size_t)rb * kk, nb = 0;
         const float *qo = qp + (size_t)rb * d;
-        for (int kb = 0; kb < rb; kb++) {
-            const float *ko = kp + (size_t)kb * d;
-            double s = 0;
-            for (int c = 0; c < d; c++) s += (double)qo[c] * ko[c];
-            t[kb] = (scored){s, -kb}; /* index -kb: ties go to the later block */
+        /* sc[kb] = sum_c (double)qo[c] * ko[c], each the same sequential double sum as a plain
+         * dot product, with the SIMD lanes over kb. */
+        for (int kb = 0; kb < rb; kb++) sc[kb] = 0;
+        for (int c = 0; c < d; c++) {
+            const double qc = qo[c];
+            const float *kc = kpt + (size_t)c * n_rb;
+            for (int kb = 0; kb < rb; kb++) sc[kb] += qc * kc[kb];
         }
-        qsort(t, (size_t)rb, sizeof *t, cmp_scored);
-        for (int i = 0; i < rb && i < kk - 1; i++) bo[nb++] = -t[i].i * ENG_BLOCK;
+        for (int kb = 0; kb < rb; kb++) t[kb] = (scored){sc[kb], -kb}; /* index -kb: ties go to the later block */
+        int keep = rb < kk - 1 ? rb : kk - 1;
+        select_top(t, rb, keep);
+        memset(mark, 0, (size_t)rb);
+        for (int i = 0; i < keep; i++) mark[-t[i].i] = 1;
+        for (int kb = 0; kb < rb; kb++)
+            if (mark[kb]) bo[nb++] = kb * ENG_BLOCK;
         bo[nb++] = rb * ENG_BLOCK;
-        qsort(bo, (size_t)nb, sizeof *bo, cmp_int_asc);
         ix->block_count[rb] = nb;
     }
     rc = 0;
 done:
     free(qp);
     free(kp);
+    free(kpt);
+    free(sc);
     free(t);
+    free(mark);
     return rc;
 }
 

@@ -18,7 +18,6 @@
 #include "eng_model.h"
 #include "eng_patcfg.h"
 #include "eng_tok.h"
-#include "viz_png.h"
 
 #define PROMPT_MAX_BYTES (64u << 20)
 
@@ -41,7 +40,12 @@ struct eng_session {
     eng_layer_stat *ls;      /* [L] */
     eng_e2e_stat e2e;
     double dense_plain_s;    /* a dense prefill without keeping anything; 0 until run */
+    volatile int *cancel;    /* set by another thread to stop a prefill (eng_session_set_cancel) */
 };
+
+void eng_session_set_cancel(eng_session *s, volatile int *cancel) { s->cancel = cancel; }
+
+static int cancelled(const eng_session *s) { return s->cancel && *s->cancel; }
 
 static double now_s(void) {
     struct timespec ts;
@@ -263,7 +267,7 @@ static void progress_layer(void *p, int layer, int n_layers) {
 int eng_session_prefill(eng_session *s, eng_session_progress cb, void *ctx, eng_err *err) {
     progress_fwd fwd = {cb, ctx, "prefill (dense, keeping Q/K/V)"};
     eng_prefill_opts po = {.patterns = NULL, .keep_qkv = 1, .keep_lse = 1, .progress = progress_layer,
-                           .progress_ctx = &fwd};
+                           .progress_ctx = &fwd, .cancel = s->cancel};
     eng_prefill_out_free(&s->pre);
     s->ready = 0;
     if (s->be->prefill(s->be, s->m, s->tokens, s->n, &po, &s->pre, err)) return -1;
@@ -275,6 +279,7 @@ int eng_session_prefill(eng_session *s, eng_session_progress cb, void *ctx, eng_
     s->sparse_lse = malloc(sizeof(float) * (size_t)s->n * s->H);
     if (!s->sparse_out || !s->sparse_lse) return eng_err_set(err, "session: out of memory for attention scratch");
     for (int l = 0; l < s->L; l++) {
+        if (cancelled(s)) return eng_err_set(err, "cancelled");
         if (cb) cb(ctx, "analyse layers (dense vs sparse attention)", l, s->L);
         if (analyse_layer(s, l, err)) return -1;
     }
@@ -312,7 +317,7 @@ int eng_session_run_e2e(eng_session *s, eng_session_progress cb, void *ctx, eng_
     if (!s->ready) return eng_err_set(err, "end to end: the analysis prefill has not finished");
     if (s->dense_plain_s <= 0) {
         progress_fwd fwd = {cb, ctx, "dense prefill (timing)"};
-        eng_prefill_opts po = {.progress = progress_layer, .progress_ctx = &fwd};
+        eng_prefill_opts po = {.progress = progress_layer, .progress_ctx = &fwd, .cancel = s->cancel};
         eng_prefill_out o;
         memset(&o, 0, sizeof o);
         if (s->be->prefill(s->be, s->m, s->tokens, s->n, &po, &o, err)) return -1;
@@ -320,7 +325,8 @@ int eng_session_run_e2e(eng_session *s, eng_session_progress cb, void *ctx, eng_
         eng_prefill_out_free(&o);
     }
     progress_fwd fwd = {cb, ctx, "sparse prefill (current patterns)"};
-    eng_prefill_opts po = {.patterns = &s->pc.cfg, .progress = progress_layer, .progress_ctx = &fwd};
+    eng_prefill_opts po = {.patterns = &s->pc.cfg, .progress = progress_layer, .progress_ctx = &fwd,
+                           .cancel = s->cancel};
     eng_prefill_out o;
     memset(&o, 0, sizeof o);
     if (s->be->prefill(s->be, s->m, s->tokens, s->n, &po, &o, err)) return -1;
@@ -593,7 +599,40 @@ void eng_snapshot_free(eng_snapshot *snap) {
     free(snap->prob);
     free(snap->cover);
     teach_free(&snap->teach);
+    free(snap->vert);
+    free(snap->slash);
+    free((void *)snap->labels);
     free(snap);
+}
+
+/* Every token's display text in one block: n pointers, then the NUL-ended texts. */
+static int labels_fill(const eng_session *s, eng_snapshot *sn, eng_err *err) {
+    size_t bytes = sizeof(char *) * (size_t)s->n;
+    for (int t = 0; t < s->n; t++) bytes += strlen(s->labels[t] ? s->labels[t] : "") + 1;
+    char **p = malloc(bytes);
+    if (!p) return eng_err_set(err, "snapshot: out of memory for %d token labels", s->n);
+    char *text = (char *)(p + s->n);
+    for (int t = 0; t < s->n; t++) {
+        const char *l = s->labels[t] ? s->labels[t] : "";
+        size_t len = strlen(l) + 1;
+        memcpy(text, l, len);
+        p[t] = text;
+        text += len;
+    }
+    sn->labels = (const char *const *)p;
+    return 0;
+}
+
+/* The vertical and slash lines the pattern engine picks for VS head (l, h) (none for others). */
+static int lines_fill(const eng_session *s, int l, int h, eng_snapshot *sn, eng_err *err) {
+    const eng_pattern *p = &s->pc.cfg.heads[(size_t)l * s->H + h];
+    if (p->kind != ENG_PAT_VS) return 0;
+    const int grp = s->H / s->Hkv;
+    if (!(sn->vert = malloc(sizeof(int) * (size_t)s->n)) || !(sn->slash = malloc(sizeof(int) * (size_t)s->n)))
+        return eng_err_set(err, "snapshot: out of memory for the index lines");
+    return eng_pattern_vs_lines(p, layer_q(s, l) + (size_t)h * s->d, s->H * s->d,
+                                layer_k(s, l) + (size_t)(h / grp) * s->d, s->Hkv * s->d, s->n, s->d, sn->vert,
+                                &sn->n_vert, sn->slash, &sn->n_slash, err);
 }
 
 int eng_session_snapshot(eng_session *s, const eng_view *v, eng_snapshot **out, eng_err *err) {
@@ -649,7 +688,8 @@ int eng_session_snapshot(eng_session *s, const eng_view *v, eng_snapshot **out, 
     sn->cur_computed = cv->cur_k > cv->cur_q ? -1 : eng_index_covers(&s->ix[(size_t)l * s->H + h], cv->cur_q, cv->cur_k);
     snprintf(sn->q_text, sizeof sn->q_text, "%s", s->labels[cv->cur_q]);
     snprintf(sn->k_text, sizeof sn->k_text, "%s", s->labels[cv->cur_k]);
-    if (cv->teach && teach_fill(s, l, h, cv, &sn->teach, err)) {
+    if ((cv->teach && teach_fill(s, l, h, cv, &sn->teach, err)) || (cv->lines && lines_fill(s, l, h, sn, err)) ||
+        (cv->labels && labels_fill(s, sn, err))) {
         eng_snapshot_free(sn);
         return -1;
     }
@@ -658,68 +698,6 @@ int eng_session_snapshot(eng_session *s, const eng_view *v, eng_snapshot **out, 
 }
 
 /* ---- files ---- */
-
-int eng_session_export_png(eng_session *s, const eng_view *v, int overlay, const char *command, const char *path,
-                           eng_err *err) {
-    if (!s->ready) return eng_err_set(err, "export: the analysis prefill has not finished");
-    eng_view ev = *v;
-    ev.layer = ev.layer < 0 ? 0 : ev.layer >= s->L ? s->L - 1 : ev.layer;
-    ev.head = ev.head < 0 ? 0 : ev.head >= s->H ? s->H - 1 : ev.head;
-    grid g = view_grid(s, &ev);
-    /* The same token region as the screen, at a print resolution: one pixel per token up to 1024
-     * pixels a side (pooled beyond), and small regions enlarged to about 512 pixels. */
-    int nq = g.qe - g.q0, nk = g.ke - g.k0, big = nq > nk ? nq : nk;
-    int up = big < 512 ? 512 / big : 1;
-    int w = nk * up, h = nq * up;
-    if (big > 1024) {
-        w = (int)((long long)nk * 1024 / big);
-        h = (int)((long long)nq * 1024 / big);
-    }
-    w = w < 1 ? 1 : w;
-    h = h < 1 ? 1 : h;
-    const int l = ev.layer, hd = ev.head, grp = s->H / s->Hkv;
-    float *vals = malloc(sizeof(float) * (size_t)w * h), *comp = overlay ? malloc(sizeof(float) * (size_t)w * h) : NULL;
-    eng_teach t;
-    memset(&t, 0, sizeof t);
-    viz_canvas cv;
-    memset(&cv, 0, sizeof cv);
-    int rc = -1;
-    if (!vals || (overlay && !comp)) {
-        eng_err_set(err, "export: out of memory for a %d x %d map", w, h);
-        goto done;
-    }
-    eng_map_opts mo = {.q0 = g.q0, .q1 = g.qe, .k0 = g.k0, .k1 = g.ke, .w = w, .h = h, .pool = ENG_POOL_MAX,
-                       .empty = NAN};
-    if (eng_map_pool(layer_q(s, l) + (size_t)hd * s->d, s->H * s->d, layer_k(s, l) + (size_t)(hd / grp) * s->d,
-                     s->Hkv * s->d, s->n, s->d, head_lse(s, l, hd), NULL, &mo, vals, err))
-        goto done;
-    if (overlay && eng_map_index_mask(&s->ix[(size_t)l * s->H + hd], &mo, comp, err)) goto done;
-    eng_view tv = ev;
-    tv.rows = tv.cols = 64;
-    if (overlay && teach_fill(s, l, hd, &tv, &t, err)) goto done;
-    const eng_head_stat *st = &s->hs[(size_t)l * s->H + hd];
-    char pat[96], title[400], ptitle[160];
-    eng_pattern_describe(&st->pat, pat, sizeof pat);
-    snprintf(title, sizeof title, "%s - layer %d head %d (kv %d) - %s", s->model_name, l, hd, hd / grp, pat);
-    snprintf(ptitle, sizeof ptitle, "density %.3f  recall %.3f  output error %.3g", st->density, st->recall,
-             st->error);
-    viz_panel pn = {.values = vals, .w = w, .h = h, .q0 = g.q0, .q1 = g.qe, .k0 = g.k0, .k1 = g.ke, .title = ptitle,
-                    .computed = comp, .verticals = t.valid ? t.vert : NULL, .n_verticals = t.valid ? t.n_vert : 0,
-                    .slashes = t.valid ? t.slash : NULL, .n_slashes = t.valid ? t.n_slash : 0,
-                    .block = overlay ? ENG_BLOCK : 0};
-    viz_span sp = {vals, (size_t)w * h};
-    viz_figure f = {.title = title, .cmap = VIZ_CMAP_VIRIDIS, .scale = viz_scale_fit(VIZ_SCALE_LOG, 0, 4, &sp, 1),
-                    .cbar_label = "attention probability (max-pooled)", .cols = 1, .tokens = s->labels,
-                    .n_tokens = s->n};
-    if (viz_figure_render(&f, &pn, 1, &cv, err)) goto done;
-    rc = viz_png_write(path, &cv, command, err);
-done:
-    viz_canvas_free(&cv);
-    teach_free(&t);
-    free(vals);
-    free(comp);
-    return rc;
-}
 
 static int write_atomic(const char *path, const char *text, eng_err *err) {
     char tmp[4096];

@@ -1,7 +1,8 @@
 /* eng_session: one prompt on one model, analysed for the explorer. Owns the model, tokenizer,
  * backend, the dense prefill's kept Q/K/V and row LSE, the per-head pattern config, each head's
- * current index and the numbers derived from them. Views (the TUI, PNG export) ask it for a
- * snapshot: plain structs holding everything a screen needs, nothing curses- or PNG-specific.
+ * current index and the numbers derived from them. Views (the TUI, PNG export in app/) ask it for
+ * a snapshot: plain structs holding everything a screen or a figure needs (floats, masks, labels),
+ * nothing curses- or PNG-specific.
  * A session is used from one thread at a time (the TUI's worker); snapshots are immutable once
  * made and may be read from any thread. */
 #ifndef ENG_SESSION_H
@@ -59,6 +60,8 @@ typedef struct {
     int q0, k0, tpp, rows, cols;
     int cur_q, cur_k;     /* the cursor cell, token positions */
     int teach;            /* also fill the teach data (vertical-slash heads only) */
+    int lines;            /* also the head's chosen vertical and slash lines (vertical-slash only) */
+    int labels;           /* also every token's display text (axis labels of an exported figure) */
 } eng_view;
 
 /* How a vertical-slash head's index is built, step by step, at a resolution the view asked for
@@ -103,10 +106,20 @@ typedef struct {
     int cur_computed;     /* 1 computed by the head's index, 0 skipped, -1 above the diagonal */
     char q_text[48], k_text[48]; /* printable token texts */
     eng_teach teach;
+    /* view.lines: the lines eng_pattern_build chose for a vertical-slash head (else NULL, 0) */
+    int *vert, n_vert;    /* key positions, ascending */
+    int *slash, n_slash;  /* diagonal offsets q - k, descending */
+    /* view.labels: labels[t] is token t's display text, t in [0, n_tokens) (else NULL) */
+    const char *const *labels;
 } eng_snapshot;
 
 int eng_session_open(eng_session **out, const eng_session_opts *o, eng_err *err);
 void eng_session_free(eng_session *s);
+
+/* A flag another thread may set to stop the running prefill or end-to-end run: they check it
+ * between layers and then return -1 with err "cancelled" (the session stays usable; an interrupted
+ * analysis prefill leaves it not ready). NULL: no cancelling. */
+void eng_session_set_cancel(eng_session *s, volatile int *cancel);
 
 /* The analysis prefill: dense, keeping Q/K/V and row LSE, then every layer's dense and sparse
  * attention under the current patterns (numbers for every head). */
@@ -122,11 +135,6 @@ int eng_session_run_e2e(eng_session *s, eng_session_progress cb, void *ctx, eng_
 /* A snapshot for view v (clamped to the prompt). Free with eng_snapshot_free. */
 int eng_session_snapshot(eng_session *s, const eng_view *v, eng_snapshot **out, eng_err *err);
 void eng_snapshot_free(eng_snapshot *snap);
-
-/* The view's token region as a PNG (title, axes, colour bar, token labels when zoomed in, the
- * index overlay when overlay is set); command goes into the PNG's tEXt chunk (may be NULL). */
-int eng_session_export_png(eng_session *s, const eng_view *v, int overlay, const char *command, const char *path,
-                           eng_err *err);
 
 /* The current per-head config in MInference's format and in attnscope's native format, each
  * written atomically. The native file is written first: MInference's format has no dense head,

@@ -3,6 +3,7 @@
  * prefill (krn_prefill.cu). Built only where nvcc exists; engine/eng_backend.c supplies the stub. */
 #include "krn_attn.h"
 #include "krn_common.cuh"
+#include "krn_map.h"
 #include "krn_prefill.h"
 
 #include <stdio.h>
@@ -92,6 +93,13 @@ int cuda_prefill(eng_backend *be, const eng_model *m, const int *tokens, int n, 
     return krn_prefill_run(im->dev, im->st, m, tokens, n, opts, out, err);
 }
 
+int cuda_map_pool(eng_backend *be, const float *q, int q_stride, const float *k, int k_stride, int n, int d,
+                  const float *lse, const eng_head_index *ix, const eng_map_opts *opts, float *out, eng_err *err) {
+    cuda_impl *im = (cuda_impl *)be->impl;
+    CUDA_RET(cudaSetDevice(im->dev));
+    return krn_map_pool(q, q_stride, k, k_stride, n, d, lse, ix, opts, out, im->st, err);
+}
+
 void cuda_destroy(eng_backend *be) {
     if (!be) return;
     cuda_impl *im = (cuda_impl *)be->impl;
@@ -131,6 +139,7 @@ extern "C" eng_backend *eng_backend_cuda_create(eng_err *err) {
     be->prefill = cuda_prefill;
     be->attention = cuda_attention;
     be->destroy = cuda_destroy;
+    be->map_pool = cuda_map_pool;
     be->impl = im;
     return be;
 fail:

@@ -17,6 +17,11 @@
 
 namespace {
 
+int cmp_int(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
 int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -35,16 +40,21 @@ extern "C" int krn_bench_memory(const krn_bench_cfg *c, double *need, double *fr
     const double n = c->n, n_rb = (c->n + 63) / 64;
     double b = n * c->H * c->d * 2 * 2 + n * c->Hkv * c->d * 2 * 2 + 4.0 * c->H * n; /* q, out, k, v, lse */
     double ix = 0, ws = 0;
-    for (int i = 0; i < c->n_pats; i++) {
+    for (int i = 0; i <= c->n_pats; i++) {
+        eng_pattern vx;
+        memset(&vx, 0, sizeof vx);
+        vx.kind = ENG_PAT_VS, vx.vertical = c->vsx_cols, vx.slash = c->vsx_diags;
+        if (i == c->n_pats && c->vsx_cols <= 0) break;
+        const eng_pattern *p = i < c->n_pats ? &c->pats[i] : &vx;
         int mb, mc;
-        krn_index_capacity(&c->pats[i], c->n, &mb, &mc);
+        krn_index_capacity(p, c->n, &mb, &mc);
         double x = 4.0 * c->H * n_rb * (2 + mb + mc);
         ix = x > ix ? x : ix;
-        if (c->pats[i].kind == ENG_PAT_VS) {
-            double w = 4.0 * c->H * 64 * n + 16.0 * c->H * n + 4.0 * c->H * (mb + mc);
+        if (p->kind == ENG_PAT_VS) {
+            double w = 4.0 * c->H * 64 * n + 16.0 * c->H * n + 4.0 * c->H * (mb + mc) + 4.0 * n;
             ws = w > ws ? w : ws;
         }
-        if (c->pats[i].kind == ENG_PAT_BS) {
+        if (p->kind == ENG_PAT_BS) {
             double w = 4.0 * (c->H + c->Hkv) * n_rb * c->d;
             ws = w > ws ? w : ws;
         }
@@ -181,6 +191,91 @@ extern "C" int krn_bench_attention(const krn_bench_cfg *c, krn_bench_row *rows, 
             row->tflops_total = 4.0 * d * row->pairs / (row->total_ms * 1e-3) / 1e12;
             krn_index_dev_free(&ix);
         }
+    }
+    if (c->vsx_cols > 0) { /* VS on PERF.md's fixed index */
+        krn_attn_args a = {n, H, Hkv, d, dq, dk, dv, H * d, Hkv * d, dout, H * d, dlse};
+        const int kv = c->vsx_cols < n ? c->vsx_cols : n, ks = c->vsx_diags < n ? c->vsx_diags : n;
+        const int sinks = kv < 30 ? kv : 30;
+        eng_pattern pd;
+        memset(&pd, 0, sizeof pd);
+        pd.kind = ENG_PAT_VS, pd.vertical = kv, pd.slash = ks;
+        int mb, mc;
+        krn_index_capacity(&pd, n, &mb, &mc);
+        int *hl = (int *)malloc(sizeof(int) * ((size_t)H * (kv + ks) + (size_t)n));
+        if (!hl) {
+            eng_err_set(err, "bench: out of host memory");
+            goto fail;
+        }
+        int *perm = hl + (size_t)H * (kv + ks);
+        uint64_t r = 0x9e3779b97f4a7c15ull;
+        for (int h = 0; h < H; h++) {
+            int *v = hl + (size_t)h * kv, *sl = hl + (size_t)H * kv + (size_t)h * ks;
+            for (int i = 0; i < sinks; i++) v[i] = i;
+            /* kv - sinks distinct random keys from [sinks, n): partial Fisher-Yates */
+            for (int i = sinks; i < n; i++) perm[i] = i;
+            for (int i = 0; i < kv - sinks; i++) {
+                r ^= r >> 12, r ^= r << 25, r ^= r >> 27;
+                const int span = n - sinks - i, j = sinks + i + (int)((r * 2685821657736338717ull >> 33) % (uint64_t)span);
+                const int t = perm[sinks + i];
+                perm[sinks + i] = perm[j], perm[j] = t;
+                v[sinks + i] = perm[sinks + i];
+            }
+            qsort(v, (size_t)kv, sizeof *v, cmp_int);
+            for (int i = 0; i < ks; i++) sl[i] = ks - 1 - i; /* the ks most local diagonals, descending */
+        }
+        int *dl = nullptr;
+        cudaError_t e = cudaMalloc((void **)&dl, sizeof(int) * (size_t)H * (kv + ks));
+        if (e == cudaSuccess)
+            e = cudaMemcpyAsync(dl, hl, sizeof(int) * (size_t)H * (kv + ks), cudaMemcpyHostToDevice, st);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+        free(hl);
+        if (e != cudaSuccess) {
+            cudaFree(dl);
+            eng_err_set(err, "bench vs lines: %s", cudaGetErrorString(e));
+            goto fail;
+        }
+        if (krn_index_dev_alloc(&ix, H, n, mb, mc, err)) {
+            cudaFree(dl);
+            goto fail;
+        }
+        double *tc = (double *)calloc((size_t)reps, sizeof(double));
+        int bad = !tc;
+        if (bad) eng_err_set(err, "bench: out of host memory");
+        for (int rr = -2; rr < reps && !bad; rr++) {
+            float m1 = 0, m2 = 0, m3 = 0;
+            bad = cudaEventRecord(e0, st) != cudaSuccess || krn_index_build(&pd, &a, 0, H, &ix, ws, st, err) ||
+                  cudaEventRecord(e1, st) != cudaSuccess ||
+                  krn_index_vs_from_lines(dl, kv, dl + (size_t)H * kv, ks, 0, H, &ix, st, err) ||
+                  cudaEventRecord(e2, st) != cudaSuccess || krn_attn_sparse(&a, &ix, st, err);
+            cudaEvent_t e3 = e0; /* reuse e0 as the end mark once e0 -> e1 has been read */
+            if (!bad) bad = cudaEventSynchronize(e2) != cudaSuccess || cudaEventElapsedTime(&m1, e0, e1) != cudaSuccess ||
+                            cudaEventElapsedTime(&m2, e1, e2) != cudaSuccess || cudaEventRecord(e3, st) != cudaSuccess ||
+                            cudaEventSynchronize(e3) != cudaSuccess || cudaEventElapsedTime(&m3, e2, e3) != cudaSuccess;
+            if (bad && !err->msg[0]) eng_err_set(err, "bench vs fixed index: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
+            if (!bad && rr >= 0) ti[rr] = m1, tc[rr] = m2, ta[rr] = m3, tt[rr] = m1 + m3;
+        }
+        cudaFree(dl);
+        if (bad) {
+            free(tc);
+            goto fail;
+        }
+        qsort(ti, (size_t)reps, sizeof *ti, cmp_double);
+        qsort(ta, (size_t)reps, sizeof *ta, cmp_double);
+        qsort(tt, (size_t)reps, sizeof *tt, cmp_double);
+        qsort(tc, (size_t)reps, sizeof *tc, cmp_double);
+        krn_bench_row *row = &rows[1 + c->n_pats];
+        memset(row, 0, sizeof *row);
+        snprintf(row->name, sizeof row->name, "VS fixed (%d cols, %d diags)", kv, ks);
+        row->index_ms = ti[reps / 2];
+        row->attn_ms = ta[reps / 2];
+        row->total_ms = tt[reps / 2];
+        row->aux_ms = tc[reps / 2];
+        free(tc);
+        if (krn_index_count(&ix, H, &row->pairs, st, err)) goto fail;
+        row->density = row->pairs / causal;
+        row->tflops = 4.0 * d * row->pairs / (row->attn_ms * 1e-3) / 1e12;
+        row->tflops_total = 4.0 * d * row->pairs / (row->total_ms * 1e-3) / 1e12;
+        krn_index_dev_free(&ix);
     }
     rc = 0;
 fail:

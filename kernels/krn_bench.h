@@ -19,6 +19,11 @@ typedef struct {
     int dense_variant; /* krn_attn_dense variant */
     int n_pats;
     eng_pattern pats[KRN_BENCH_MAX_PATS];
+    /* > 0: one more row, vertical-slash on a FIXED index as PERF.md's MInference measurement: the
+     * vsx_diags most local diagonals + vsx_cols columns (30 sinks + random), per head. Its index
+     * time is our full dynamic VS(vsx_cols, vsx_diags) build on the same inputs (estimate + top-k +
+     * merge, result discarded), its attention time the sparse kernel on the fixed index. */
+    int vsx_cols, vsx_diags;
 } krn_bench_cfg;
 
 typedef struct {
@@ -30,13 +35,15 @@ typedef struct {
     double density;     /* pairs / causal pairs */
     double tflops;      /* 4 * d * pairs / attn time */
     double tflops_total;/* 4 * d * pairs / total time */
+    double aux_ms;      /* fixed-index VS row: the merge of the given lines alone (not in total) */
 } krn_bench_row;
 
 /* Device name into buf. 0 ok. */
 int krn_bench_device(char *buf, int cap, eng_err *err);
 /* Bytes of GPU memory the run needs, and what is free now. */
 int krn_bench_memory(const krn_bench_cfg *c, double *need, double *free_bytes, eng_err *err);
-/* rows[0] is the dense kernel, rows[1 + i] pattern i through the sparse kernel. */
+/* rows[0] is the dense kernel, rows[1 + i] pattern i through the sparse kernel, rows[1 + n_pats]
+ * the fixed-index VS row when vsx_cols > 0. */
 int krn_bench_attention(const krn_bench_cfg *c, krn_bench_row *rows, eng_err *err);
 
 /* End-to-end prefill of a synthetic model (krn_prefill_synthetic, random weights made on the

@@ -571,6 +571,8 @@ extern "C" int krn_index_build(const eng_pattern *p, const krn_attn_args *a, int
         int hc = (int)(smem_cap / per_head);
         if (hc < 1) return eng_err_set(err, "bs: %d row blocks exceed shared memory (n = %d)", n_rb, n);
         hc = hc < BS_HC ? hc : BS_HC;
+        const size_t smem = (size_t)hc * per_head;
+        CUDA_RET(cudaFuncSetAttribute(bs_rows<256>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         bs_chunks ch;
         ch.n = 0;
         for (int h = h0; h < h0 + nh;) {
@@ -578,16 +580,16 @@ extern "C" int krn_index_build(const eng_pattern *p, const krn_attn_args *a, int
             const int gend = (h / g + 1) * g;
             e = e < gend ? e : gend;
             e = e < h0 + nh ? e : h0 + nh;
-            if (ch.n == 64) return eng_err_set(err, "bs: more than 64 head chunks (%d heads)", nh);
             ch.h[ch.n][0] = h - h0, ch.h[ch.n][1] = e - h;
             ch.n++;
             h = e;
+            if (ch.n == 64 || h == h0 + nh) { /* launch every 64 chunks (kernel parameter size) */
+                const int gy = (ch.n + 15) / 16, gz = ch.n < 16 ? ch.n : 16;
+                bs_rows<256><<<dim3(n_rb, gy, gz), 256, smem, st>>>(qp, kp, d, kk, h0, g, ch, *ix);
+                LAUNCH_RET("bs_rows");
+                ch.n = 0;
+            }
         }
-        const size_t smem = (size_t)hc * per_head;
-        CUDA_RET(cudaFuncSetAttribute(bs_rows<256>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        const int gy = (ch.n + 15) / 16, gz = ch.n < 16 ? ch.n : 16;
-        bs_rows<256><<<dim3(n_rb, gy, gz), 256, smem, st>>>(qp, kp, d, kk, h0, g, ch, *ix);
-        LAUNCH_RET("bs_rows");
         return 0;
     }
     if (kind != ENG_PAT_VS) return eng_err_set(err, "index build: unknown pattern kind %d", (int)kind);
@@ -628,4 +630,17 @@ extern "C" int krn_index_build(const eng_pattern *p, const krn_attn_args *a, int
     return 0;
 fail:
     return -1;
+}
+
+extern "C" int krn_index_vs_from_lines(const int *vsel, int kv, const int *ssel, int ks, int h0, int nh,
+                                       krn_index_dev *ix, cudaStream_t st, eng_err *err) {
+    const int n = ix->n, n_rb = ix->n_rb;
+    if (kv < 0 || ks < 0 || kv > n || ks > n) return eng_err_set(err, "vs lines: %d / %d lines for n = %d", kv, ks, n);
+    if (ix->max_cols < kv || ix->max_blocks < (ks < n_rb + 1 ? ks : n_rb + 1))
+        return eng_err_set(err, "vs lines: index capacity %d blocks / %d columns too small", ix->max_blocks, ix->max_cols);
+    CUDA_RET(cudaMemsetAsync(ix->band + 2 * h0, 0, 2 * (size_t)nh * sizeof(int), st));
+    const int thr = 128, grid = (nh * n_rb + thr - 1) / thr;
+    vs_convert<<<grid, thr, 0, st>>>(n, nh, h0, kv, ks, vsel, ssel, *ix);
+    LAUNCH_RET("vs_convert (given lines)");
+    return 0;
 }

@@ -30,6 +30,13 @@ void krn_index_capacity(const eng_pattern *p, int n, int *max_blocks, int *max_c
 int krn_index_build(const eng_pattern *p, const krn_attn_args *a, int h0, int nh, krn_index_dev *ix,
                     krn_index_ws *ws, cudaStream_t s, eng_err *err);
 
+/* Vertical-slash index of heads [h0, h0 + nh) from given lines (device arrays, per head: vsel
+ * [nh][kv] keys ascending, ssel [nh][ks] diagonal offsets q - k descending): MInference's merge
+ * alone, as eng_pattern_vs_index. For fixed-index benchmarks (PERF.md's 6096 local diagonals +
+ * 1000 columns) and tests. ix needs capacity min(ks, n_rb + 1) blocks and kv columns. */
+int krn_index_vs_from_lines(const int *vsel, int kv, const int *ssel, int ks, int h0, int nh, krn_index_dev *ix,
+                            cudaStream_t s, eng_err *err);
+
 /* (query, key) entries the index computes over all H heads (causal, band-masked), into *pairs
  * (synchronises the stream). */
 int krn_index_count(const krn_index_dev *ix, int H, long long *pairs, cudaStream_t s, eng_err *err);

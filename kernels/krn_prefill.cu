@@ -92,6 +92,22 @@ int upload(const eng_tensor *t, bf16 *dst, float *stage, size_t stage_elems, cud
     return 0;
 }
 
+/* upload of t times s: longrope's cos/sin factor (eng_cpu_rope_table) folded into the q and k
+ * projections, since RoPE is linear (rope(s q) = s rope(q)); the RoPE kernel stays as it is. */
+int upload_scaled(const eng_tensor *t, float s, bf16 *dst, float *stage, size_t stage_elems, cudaStream_t st,
+                  eng_err *err, uint64_t seed, uint64_t salt) {
+    if (s == 1.f || seed || !t->data) return upload(t, dst, stage, stage_elems, st, err, seed, salt);
+    float *h = (float *)malloc(sizeof(float) * (size_t)t->numel);
+    if (!h) return eng_err_set(err, "out of host memory scaling %s", t->name);
+    eng_tensor_to_f32(t, 0, t->numel, h);
+    for (int64_t i = 0; i < t->numel; i++) h[i] *= s;
+    eng_tensor f = *t;
+    f.dtype = ENG_DT_F32, f.data = h;
+    const int rc = upload(&f, dst, stage, stage_elems, st, err);
+    free(h);
+    return rc;
+}
+
 /* Y (n, out) = X (n, in) W^T (+ beta Y); W (out, in) row-major, all bf16, f32 accumulate. */
 int linear(cublasHandle_t h, const bf16 *x, int n, int in, const bf16 *w, int out, float beta, bf16 *y, int ldy,
            eng_err *err) {
@@ -249,6 +265,7 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
     bf16 *scratch_out = nullptr;
     const size_t stage_elems = (size_t)1 << 24;
     int rc = -1, sparse_any = 0;
+    float rope_scale = 1.f;
     const eng_pattern **pat = (const eng_pattern **)calloc((size_t)H, sizeof *pat);
     if (!dl || !hinv || !pat) {
         eng_err_set(err, "out of host memory");
@@ -290,6 +307,7 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
     }
     CUDA_TRY(cudaMalloc((void **)&fnorm, (size_t)C * 2));
     if (upload(&m->final_norm, fnorm, stage, stage_elems, st, err, seed, 3)) goto fail;
+    rope_scale = eng_cpu_rope_table(c, d, n, hinv); /* longrope: factors for n positions, cos/sin scale */
     for (int l = 0; l < L; l++) {
         const eng_layer_weights *w = &m->layers[l];
         dlayer *D = &dl[l];
@@ -302,8 +320,8 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
         const uint64_t s0 = 16 + 16 * (uint64_t)l;
         if (upload(&w->attn_norm, D->attn_norm, stage, stage_elems, st, err, seed, s0) ||
             upload(&w->ffn_norm, D->ffn_norm, stage, stage_elems, st, err, seed, s0 + 1) ||
-            upload(&w->wq, D->wqkv, stage, stage_elems, st, err, seed, s0 + 2) ||
-            upload(&w->wk, D->wqkv + (size_t)qd * C, stage, stage_elems, st, err, seed, s0 + 3) ||
+            upload_scaled(&w->wq, rope_scale, D->wqkv, stage, stage_elems, st, err, seed, s0 + 2) ||
+            upload_scaled(&w->wk, rope_scale, D->wqkv + (size_t)qd * C, stage, stage_elems, st, err, seed, s0 + 3) ||
             upload(&w->wv, D->wqkv + (size_t)(qd + kvd) * C, stage, stage_elems, st, err, seed, s0 + 4) ||
             upload(&w->wo, D->wo, stage, stage_elems, st, err, seed, s0 + 5) ||
             upload(&w->w_gate, D->wgu, stage, stage_elems, st, err, seed, s0 + 6) ||
@@ -312,13 +330,12 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
             goto fail;
         if (seed ? c->qkv_bias : w->bq.data != nullptr) {
             CUDA_TRY(cudaMalloc((void **)&D->bqkv, (size_t)qkvd * 2));
-            if (upload(&w->bq, D->bqkv, stage, stage_elems, st, err, seed, s0 + 9) ||
-                upload(&w->bk, D->bqkv + qd, stage, stage_elems, st, err, seed, s0 + 10) ||
+            if (upload_scaled(&w->bq, rope_scale, D->bqkv, stage, stage_elems, st, err, seed, s0 + 9) ||
+                upload_scaled(&w->bk, rope_scale, D->bqkv + qd, stage, stage_elems, st, err, seed, s0 + 10) ||
                 upload(&w->bv, D->bqkv + qd + kvd, stage, stage_elems, st, err, seed, s0 + 11))
                 goto fail;
         }
     }
-    eng_cpu_rope_freqs(c, d, hinv);
     CUDA_TRY(cudaMalloc((void **)&inv, (size_t)d * 4));
     CUDA_TRY(cudaMemcpyAsync(inv, hinv, (size_t)d / 2 * 4, cudaMemcpyHostToDevice, st));
 
@@ -347,6 +364,10 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
 
     for (int l = 0; l < L; l++) {
         const dlayer *D = &dl[l];
+        if (opts && opts->cancel && *opts->cancel) {
+            eng_err_set(err, "cancelled");
+            goto fail;
+        }
         if (opts && opts->progress) opts->progress(opts->progress_ctx, l, L);
         if (krn_rmsnorm(x, D->attn_norm, n, C, c->rms_norm_eps, xn, st, err)) goto fail;
         if (linear(blas, xn, n, C, D->wqkv, qkvd, 0.f, qkv, qkvd, err)) goto fail;

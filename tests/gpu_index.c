@@ -310,10 +310,78 @@ static void test_bs_long_vs_cpu(void **state) {
     }
 }
 
+static int cmp_asc(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* krn_index_vs_from_lines (MInference's merge on given lines, the fixed-index benchmark's path)
+ * against eng_pattern_vs_index, exactly: random distinct columns and diagonals, local diagonals. */
+static void test_vs_lines_vs_cpu(void **state) {
+    (void)state;
+    if (!have_gpu()) skip();
+    uint64_t seed = 0xa4093822299f31d0ULL ^ (uint64_t)time(NULL);
+    static const int cfg[][3] = {{1, 1, 1}, {100, 30, 50}, {2111, 300, 700}, {9000, 1000, 6096}};
+    for (int ci = 0; ci < 4; ci++) {
+        const int n = cfg[ci][0], kv = cfg[ci][1] < n ? cfg[ci][1] : n, ks = cfg[ci][2] < n ? cfg[ci][2] : n, H = 3;
+        int *lines = malloc(sizeof(int) * (size_t)H * (kv + ks)), *perm = malloc(sizeof(int) * (size_t)n);
+        assert_non_null(lines), assert_non_null(perm);
+        for (int h = 0; h < H; h++) {
+            int *v = lines + (size_t)h * kv, *sl = lines + (size_t)H * kv + (size_t)h * ks;
+            for (int pass = 0; pass < 2; pass++) { /* distinct random keys, then distinct offsets */
+                const int cnt = pass ? ks : kv;
+                int *dst = pass ? sl : v;
+                for (int i = 0; i < n; i++) perm[i] = i;
+                for (int i = 0; i < cnt; i++) {
+                    int j = i + (int)(tu_rand_u64(&seed) % (uint64_t)(n - i)), t = perm[i];
+                    perm[i] = perm[j], perm[j] = t;
+                    dst[i] = perm[i];
+                }
+                qsort(dst, (size_t)cnt, sizeof *dst, cmp_asc);
+            }
+            if (h == 1) /* the local-diagonal case of the benchmark */
+                for (int i = 0; i < ks; i++) sl[i] = i;
+            for (int i = 0; i < ks / 2; i++) { /* offsets descending */
+                int t = sl[i];
+                sl[i] = sl[ks - 1 - i], sl[ks - 1 - i] = t;
+            }
+        }
+        eng_err err = {{0}};
+        int *dl;
+        CK(cudaMalloc((void **)&dl, sizeof(int) * (size_t)H * (kv + ks)));
+        CK(cudaMemcpy(dl, lines, sizeof(int) * (size_t)H * (kv + ks), cudaMemcpyHostToDevice));
+        eng_pattern pat;
+        memset(&pat, 0, sizeof pat);
+        pat.kind = ENG_PAT_VS, pat.vertical = kv, pat.slash = ks;
+        int mb, mc;
+        krn_index_capacity(&pat, n, &mb, &mc);
+        krn_index_dev dx;
+        if (krn_index_dev_alloc(&dx, H, n, mb, mc, &err)) fail_msg("%s", err.msg);
+        if (krn_index_vs_from_lines(dl, kv, dl + (size_t)H * kv, ks, 0, H, &dx, 0, &err))
+            fail_msg("krn_index_vs_from_lines: %s", err.msg);
+        eng_head_index gpu[3], cpu;
+        download(&dx, H, gpu);
+        for (int h = 0; h < H; h++) {
+            if (eng_pattern_vs_index(lines + (size_t)h * kv, kv, lines + (size_t)H * kv + (size_t)h * ks, ks, n, &cpu,
+                                     &err))
+                fail_msg("eng_pattern_vs_index: %s", err.msg);
+            int same = rows_equal(&gpu[h], &cpu);
+            if (same != cpu.n_rb) fail_msg("vs lines n=%d head %d: %d of %d row blocks differ", n, h, cpu.n_rb - same, cpu.n_rb);
+            eng_index_free(&cpu);
+            eng_index_free(&gpu[h]);
+        }
+        printf("  vs from lines n=%d (%d cols, %d diags) x %d heads: equal to the CPU merge\n", n, kv, ks, H);
+        krn_index_dev_free(&dx);
+        cudaFree(dl);
+        free(lines), free(perm);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_index_vs_cpu),
         cmocka_unit_test(test_bs_long_vs_cpu),
+        cmocka_unit_test(test_vs_lines_vs_cpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

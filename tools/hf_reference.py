@@ -10,9 +10,12 @@ AutoModelForCausalLM in float32 with eager attention, runs one fixed token seque
   argmax_margin top-1 minus top-2 logit at every position (ties make argmax ill-defined)
   next_logprob  log p(tokens[i+1] | tokens[..i]) for every i < n-1
 tests/test_forward.c compares the CPU prefill with these (1e-4 relative L2 on last_logits).
+--prefix N keeps only the first N tokens and --name FILE names the output (Phi-3's longrope
+switches factors with the sequence length: tiny-phi3 has reference.json and, from
+`--prefix 24 --name reference_short.json`, a sequence within its original context).
 
 Runs where torch + transformers are installed (the GPU machine):
-    python3 tools/hf_reference.py [--out DIR] [MODEL_DIR ...]
+    python3 tools/hf_reference.py [--out DIR] [--prefix N] [--name FILE] [MODEL_DIR ...]
 """
 import argparse
 import glob
@@ -24,7 +27,7 @@ SENTENCE = (b"The quick brown fox jumps over the lazy dog; attnscope checks its 
             b"against transformers, token by token.")
 
 
-def reference(model_dir):
+def reference(model_dir, prefix=0):
     import torch
     import transformers
     from transformers import AutoModelForCausalLM
@@ -35,6 +38,8 @@ def reference(model_dir):
     vocab = cfg["vocab_size"]
     bos = cfg.get("bos_token_id")
     tokens = ([bos] if isinstance(bos, int) and 0 <= bos < vocab else []) + list(SENTENCE)
+    if prefix:
+        tokens = tokens[:prefix]
     if max(tokens) >= vocab:
         raise SystemExit("%s: vocabulary of %d cannot hold the byte-level sequence" % (model_dir, vocab))
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager")
@@ -63,6 +68,8 @@ def reference(model_dir):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", help="write OUT/<name>/reference.json instead of into each model directory")
+    ap.add_argument("--prefix", type=int, default=0, help="only the first N tokens of the sequence")
+    ap.add_argument("--name", default="reference.json", help="output file name (default reference.json)")
     ap.add_argument("models", nargs="*")
     a = ap.parse_args()
     here = os.path.dirname(os.path.abspath(__file__))
@@ -70,10 +77,10 @@ def main():
     if not models:
         sys.exit("hf_reference: no model directories")
     for d in models:
-        ref = reference(d)
+        ref = reference(d, a.prefix)
         dst = os.path.join(a.out, ref["model"]) if a.out else d
         os.makedirs(dst, exist_ok=True)
-        path = os.path.join(dst, "reference.json")
+        path = os.path.join(dst, a.name)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(ref, f, indent=1)

@@ -8,9 +8,15 @@ Vocabulary convention (byte-level): ids 0..255 are the bytes, 256 is BOS, 257 is
 are unused. Weights are uniform: embeddings in [-1, 1), linear layers in +-sqrt(3 / fan_in)
 (unit-variance outputs), norm weights 1 +- 0.2, biases +- 0.5.
 
-usage: tools/make_tiny_model.py OUT_DIR [--arch llama|mistral|qwen2] [--dtype f32|f16|bf16]
-       [--shards N] [--tied] [--rope-llama3] [--hidden 72] [--intermediate 100] [--layers 2]
-       [--heads 4] [--kv-heads 2] [--vocab 300] [--head-dim-in-config] [--seed 1]
+Phi-3 (--arch phi3) writes the fused self_attn.qkv_proj (rows q, k, v) and mlp.gate_up_proj
+(rows gate, up) that transformers' Phi3ForCausalLM expects; --longrope ORIG adds Phi-3's
+rope_scaling {"type": "longrope"} with per-dimension short_factor / long_factor lists and
+original_max_position_embeddings ORIG (max_position_embeddings 4096).
+
+usage: tools/make_tiny_model.py OUT_DIR [--arch llama|mistral|qwen2|phi3] [--dtype f32|f16|bf16]
+       [--shards N] [--tied] [--rope-llama3] [--longrope ORIG] [--sliding-window W] [--hidden 72]
+       [--intermediate 100] [--layers 2] [--heads 4] [--kv-heads 2] [--vocab 300]
+       [--head-dim-in-config] [--seed 1]
 """
 import argparse
 import json
@@ -24,6 +30,7 @@ ARCHS = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
 }
 TORCH_DTYPE = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 ST_DTYPE = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
@@ -59,6 +66,15 @@ def make_tensors(a, rng):
         s = math.sqrt(3.0 / i)
         out.append((name, [o, i], uni(-s, s, o * i)))
 
+    def fused(name, parts):
+        # Phi-3: the separate projections' rows stacked in order, as one (sum of rows, in) matrix
+        vals, rows = [], 0
+        for o, i in parts:
+            s = math.sqrt(3.0 / i)
+            vals += uni(-s, s, o * i)
+            rows += o
+        out.append((name, [rows, parts[0][1]], vals))
+
     def norm(name, n):
         out.append((name, [n], [1.0 + v for v in uni(-0.2, 0.2, n)]))
 
@@ -66,16 +82,22 @@ def make_tensors(a, rng):
     for l in range(L):
         p = "model.layers.%d." % l
         norm(p + "input_layernorm.weight", C)
-        linear(p + "self_attn.q_proj.weight", Dq, C)
-        linear(p + "self_attn.k_proj.weight", Dkv, C)
-        linear(p + "self_attn.v_proj.weight", Dkv, C)
+        if a.arch == "phi3":
+            fused(p + "self_attn.qkv_proj.weight", [(Dq, C), (Dkv, C), (Dkv, C)])
+        else:
+            linear(p + "self_attn.q_proj.weight", Dq, C)
+            linear(p + "self_attn.k_proj.weight", Dkv, C)
+            linear(p + "self_attn.v_proj.weight", Dkv, C)
         if a.arch == "qwen2":
             for nm, n in (("q", Dq), ("k", Dkv), ("v", Dkv)):
                 out.append((p + "self_attn.%s_proj.bias" % nm, [n], uni(-0.5, 0.5, n)))
         linear(p + "self_attn.o_proj.weight", C, Dq)
         norm(p + "post_attention_layernorm.weight", C)
-        linear(p + "mlp.gate_proj.weight", F, C)
-        linear(p + "mlp.up_proj.weight", F, C)
+        if a.arch == "phi3":
+            fused(p + "mlp.gate_up_proj.weight", [(F, C), (F, C)])
+        else:
+            linear(p + "mlp.gate_proj.weight", F, C)
+            linear(p + "mlp.up_proj.weight", F, C)
         linear(p + "mlp.down_proj.weight", C, F)
     norm("model.norm.weight", C)
     if not a.tied:
@@ -132,6 +154,14 @@ def make_config(a):
         c["use_sliding_window"] = False
     if a.arch == "mistral":
         c["sliding_window"] = None
+    if a.arch == "phi3":
+        c["sliding_window"] = a.sliding_window
+        c["pad_token_id"] = a.vocab - 1  # Phi3Config's default 32000 is outside a tiny vocabulary
+        c["resid_pdrop"] = 0.0
+        c["embd_pdrop"] = 0.0
+        c["original_max_position_embeddings"] = 4096
+    elif a.sliding_window is not None:
+        c["sliding_window"] = a.sliding_window
     if a.head_dim_in_config:
         c["head_dim"] = a.hidden // a.heads
     if a.rope_llama3:
@@ -146,6 +176,18 @@ def make_config(a):
             "high_freq_factor": 4.0,
             "original_max_position_embeddings": 64,
         }
+    if a.longrope:
+        # Phi-3-style LongRoPE: the short factors near 1, the long ones growing with the dimension
+        # (as in Phi-3-mini-128k), drawn from their own stream so the weights stay as without it.
+        half = (a.hidden // a.heads) // 2
+        r = random.Random(a.seed * 7919 + 17)
+        c["max_position_embeddings"] = 4096
+        c["original_max_position_embeddings"] = a.longrope
+        c["rope_scaling"] = {
+            "type": "longrope",
+            "short_factor": [round(1.0 + 0.5 * r.random() * i / half, 6) for i in range(half)],
+            "long_factor": [round(1.0 + 40.0 * (i / half) ** 2 + r.random(), 6) for i in range(half)],
+        }
     return c
 
 
@@ -157,6 +199,8 @@ def main(argv):
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--tied", action="store_true")
     ap.add_argument("--rope-llama3", action="store_true")
+    ap.add_argument("--longrope", type=int, metavar="ORIG", help="longrope rope_scaling, original context ORIG")
+    ap.add_argument("--sliding-window", type=int, metavar="W")
     ap.add_argument("--hidden", type=int, default=72)
     ap.add_argument("--intermediate", type=int, default=100)
     ap.add_argument("--layers", type=int, default=2)
