@@ -249,7 +249,7 @@ int cmd_tui(int argc, char **argv) {
     install_signals(); /* before initscr: curses then leaves SIGWINCH to us */
     if (!getenv("ESCDELAY")) set_escdelay(25);
     if (!initscr()) {
-        tui_worker_stop(w, 2000);
+        tui_worker_stop(w, -1);
         cli_error("tui", "cannot initialise the terminal (TERM=%s)", getenv("TERM") ? getenv("TERM") : "");
         return 1;
     }

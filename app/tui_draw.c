@@ -1,7 +1,7 @@
-/* tui_draw: one frame of the explorer in ncurses (see tui_draw.h). Heatmap cells are Unicode upper
- * half blocks: foreground = the upper pixel, background = the lower one, so a cell shows two query
- * rows. Colours go through the viz colour maps; each (upper, lower) pair of ramp levels is one
- * colour pair, allocated once at start. */
+/* tui_draw: one frame of the explorer in ncurses (see tui_draw.h). Heatmaps are rendered by viz_term
+ * (the same half-block / 256-colour / ASCII renderer as `attnscope map --term`) into a cell buffer;
+ * this file only puts those cells on screen, giving each (foreground, background) colour its
+ * ncurses pair with alloc_pair. */
 #include "tui_draw.h"
 
 #include <curses.h>
@@ -14,65 +14,25 @@
 #include <wchar.h>
 
 #include "viz_color.h"
+#include "viz_term.h"
 
 enum {
     R_NONE = 0, R_HEADER, R_TITLE, R_TITLE_FOCUS, R_SEL, R_GOOD, R_WARN, R_BAD, R_DIM, R_CURSOR, R_ERROR,
     R_KEY, R_BAR, R__COUNT
 };
 
-#define NV 16               /* viridis levels: computed (or no overlay) */
-#define NG 8                /* grey levels: skipped by the index (overlay on) */
-#define NC (NV + NG + 1)    /* + terminal background: no data (above the diagonal) */
-#define HEAT_BASE 32
 /* teach-view categories: no data, skipped, vertical, slash, both lines, block, column, both */
 enum { C_NODATA = 0, C_SKIP, C_VERT, C_SLASH, C_LINES, C_BLOCK, C_COLUMN, C_BOTH, NCAT };
-#define CAT_BASE (HEAT_BASE + NC * NC)
 
 static tui_color_mode g_mode = TUI_COLOR_MONO;
 static int g_utf8;
 
 /* ---- colours ---- */
 
-static int xterm_index(viz_rgb c) {
-    static const int lv[6] = {0, 95, 135, 175, 215, 255};
-    int best = 16;
-    long bd = -1;
-    for (int i = 0; i < 216; i++) {
-        int r = lv[i / 36], g = lv[(i / 6) % 6], b = lv[i % 6];
-        long d = (long)(r - c.r) * (r - c.r) + (long)(g - c.g) * (g - c.g) + (long)(b - c.b) * (b - c.b);
-        if (bd < 0 || d < bd) bd = d, best = 16 + i;
-    }
-    for (int i = 0; i < 24; i++) {
-        int v = 8 + 10 * i;
-        long d = (long)(v - c.r) * (v - c.r) + (long)(v - c.g) * (v - c.g) + (long)(v - c.b) * (v - c.b);
-        if (d < bd) bd = d, best = 232 + i;
-    }
-    return best;
-}
-
-static int color_of(viz_rgb c) {
-    return g_mode == TUI_COLOR_DIRECT ? (c.r << 16) | (c.g << 8) | c.b : xterm_index(c);
-}
-
-static viz_rgb rgb(int r, int g, int b) {
-    viz_rgb c = {(uint8_t)r, (uint8_t)g, (uint8_t)b};
-    return c;
-}
-
-static int heat_color(int level) {
-    if (level < NV) return color_of(viz_cmap_rgb(VIZ_CMAP_VIRIDIS, (float)level / (NV - 1)));
-    if (level < NV + NG) {
-        int v = 40 + 110 * (level - NV) / (NG - 1);
-        return color_of(rgb(v, v, v));
-    }
-    return -1;
-}
-
-static int cat_color(int c) {
-    static const int rgbs[NCAT][3] = {{0, 0, 0}, {48, 48, 48}, {0, 200, 220}, {230, 60, 200}, {255, 255, 255},
-                                      {50, 110, 230}, {250, 150, 30}, {250, 230, 60}};
-    if (c == C_NODATA) return -1;
-    return color_of(rgb(rgbs[c][0], rgbs[c][1], rgbs[c][2]));
+/* The viz_term mode matching what ncurses can show: 24-bit colour numbers on direct-colour
+ * terminals, the xterm-256 palette, else the ASCII ramp (8 colours, monochrome, --no-color). */
+static viz_term_mode term_mode(void) {
+    return g_mode == TUI_COLOR_DIRECT ? VIZ_TERM_TRUECOLOR : g_mode == TUI_COLOR_256 ? VIZ_TERM_256 : VIZ_TERM_MONO;
 }
 
 tui_color_mode tui_draw_init(int no_color) {
@@ -95,14 +55,45 @@ tui_color_mode tui_draw_init(int no_color) {
     init_pair(R_ERROR, COLOR_WHITE, COLOR_RED);
     init_pair(R_KEY, COLOR_YELLOW, -1);
     init_pair(R_BAR, COLOR_BLACK, COLOR_GREEN);
-    if (COLORS >= 256 && COLOR_PAIRS > CAT_BASE + NCAT * NCAT) {
-        g_mode = COLORS >= 0x1000000 ? TUI_COLOR_DIRECT : TUI_COLOR_256;
-        for (int a = 0; a < NC; a++)
-            for (int b = 0; b < NC; b++) init_extended_pair(HEAT_BASE + a * NC + b, heat_color(a), heat_color(b));
-        for (int a = 0; a < NCAT; a++)
-            for (int b = 0; b < NCAT; b++) init_extended_pair(CAT_BASE + a * NCAT + b, cat_color(a), cat_color(b));
-    }
+    /* heatmap colours get pairs on demand (alloc_pair), so the terminal needs room for many */
+    if (COLORS >= 256 && COLOR_PAIRS >= 1024) g_mode = COLORS >= 0x1000000 ? TUI_COLOR_DIRECT : TUI_COLOR_256;
     return g_mode;
+}
+
+/* One cell of a viz_term buffer as an ncurses colour number: -1 is the terminal's default. */
+static int cell_color(const viz_cell *c, int fg) {
+    if (c->flags & (fg ? VIZ_CELL_FG_DEFAULT : VIZ_CELL_BG_DEFAULT)) return -1;
+    viz_rgb v = fg ? c->fg : c->bg;
+    if (g_mode == TUI_COLOR_DIRECT) return v.r << 16 | v.g << 8 | v.b;
+    return fg ? c->fg256 : c->bg256;
+}
+
+/* Put buffer b on screen with its top-left cell at (y0, x0), clipped to w x h cells. Half blocks
+ * need a UTF-8 locale; without one a half-block cell becomes a space in its filled half's colour. */
+static void blit(const viz_cellbuf *b, int y0, int x0, int w, int h) {
+    for (int y = 0; y < b->rows && y < h; y++)
+        for (int x = 0; x < b->cols && x < w; x++) {
+            const viz_cell *c = &b->cells[(size_t)y * b->cols + x];
+            const unsigned char *u = (const unsigned char *)c->ch;
+            wchar_t wc[2] = {L' ', 0};
+            if (u[0] == 0xe2 && u[1] == 0x96 && (u[2] & 0xc0) == 0x80) /* U+2580..U+25BF */
+                wc[0] = (wchar_t)(0x2580 + (u[2] - 0x80));
+            else if (u[0] >= 32 && u[0] < 127)
+                wc[0] = (wchar_t)u[0];
+            int fg = cell_color(c, 1), bg = cell_color(c, 0);
+            if (wc[0] >= 0x2580 && !g_utf8) {
+                bg = fg;
+                wc[0] = L' ';
+            }
+            int pair = 0;
+            if (g_mode >= TUI_COLOR_256 && (fg >= 0 || bg >= 0)) {
+                pair = alloc_pair(fg, bg);
+                if (pair < 0) pair = 0;
+            }
+            cchar_t cc;
+            setcchar(&cc, wc, A_NORMAL, 0, &pair);
+            mvadd_wch(y0 + y, x0 + x, &cc);
+        }
 }
 
 static attr_t role(int r) {
@@ -228,54 +219,16 @@ static void draw_footer(const tui_layout *l, const tui_state *s, const tui_statu
 
 /* ---- heatmap ---- */
 
-/* Two pixels in one cell: colour indexes top and bot into a ramp of ncol colours whose pairs
- * start at base; index none is the terminal background (no data). */
-static void half_cell(int y, int x, int base, int ncol, int none, int top, int bot) {
-    cchar_t cc;
-    wchar_t wc[2] = {L' ', 0};
-    int pair = base + none * ncol + none;
-    if (top == none && bot == none) {
-        wc[0] = L' ';
-    } else if (!g_utf8) { /* no half blocks: one colour per cell, the upper pixel's (or the lower) */
-        int c = top != none ? top : bot;
-        pair = base + c * ncol + c;
-    } else if (top == none) {
-        wc[0] = 0x2584; /* lower half block: foreground = lower pixel */
-        pair = base + bot * ncol + none;
-    } else {
-        wc[0] = 0x2580; /* upper half block: foreground = upper pixel, background = lower */
-        pair = base + top * ncol + bot;
-    }
-    setcchar(&cc, wc, A_NORMAL, (short)pair, NULL);
-    mvadd_wch(y, x, &cc);
-}
-
-static int heat_level(float t, int skipped) {
-    if (isnan(t)) return NC - 1;
-    if (skipped) {
-        int g = (int)(t * NG);
-        return NV + (g < 0 ? 0 : g >= NG ? NG - 1 : g);
-    }
-    int v = (int)(t * NV);
-    return v < 0 ? 0 : v >= NV ? NV - 1 : v;
-}
-
-static char mono_char(float t, int skipped) {
-    static const char ramp[] = " .:-=+*#%@";
-    if (isnan(t)) return ' ';
-    if (skipped) return t < 0.15f ? ' ' : t < 0.5f ? ',' : 'x';
-    int i = (int)(t * 10);
-    return ramp[i < 0 ? 0 : i > 9 ? 9 : i];
-}
-
-static void draw_heat_cell(int y, int x, float tt, float tb, int st, int sb) {
-    if (g_mode == TUI_COLOR_256 || g_mode == TUI_COLOR_DIRECT) {
-        half_cell(y, x, HEAT_BASE, NC, NC - 1, heat_level(tt, st), heat_level(tb, sb));
-    } else {
-        float t = isnan(tt) ? tb : isnan(tb) ? tt : tt > tb ? tt : tb;
-        int sk = isnan(tt) ? sb : isnan(tb) ? st : (tt > tb ? st : sb);
-        mvaddch(y, x, (chtype)mono_char(t, sk));
-    }
+/* Pixels v[h][w] through viz_term into the cells of area a from row y0 (two pixels per cell row). */
+static void heat_blit(const tui_rect *a, int y0, int w, int h, const float *v, const viz_term_opts *o) {
+    viz_cellbuf b;
+    eng_err err;
+    int rows = (h + 1) / 2;
+    if (w < 1 || h < 1 || viz_cellbuf_init(&b, w < a->w ? w : a->w, rows < a->y + a->h - y0 ? rows : a->y + a->h - y0, &err))
+        return;
+    viz_term_heat(&b, 0, 0, v, w, h, o);
+    blit(&b, y0, a->x, b.cols, b.rows);
+    viz_cellbuf_free(&b);
 }
 
 static void draw_map(const tui_layout *l, const tui_state *s, const eng_snapshot *snap) {
@@ -301,19 +254,12 @@ static void draw_map(const tui_layout *l, const tui_state *s, const eng_snapshot
     }
     /* query-axis gutter: the first query of every fourth cell row */
     for (int cy = 0; cy < a->h; cy += 4) put(a->y + cy, m->x, a->x - m->x - 1, R_DIM, "%5d", v->q0 + 2 * cy * v->tpp);
+    /* four decades below the view's maximum, log scale; with the overlay, what the index skips
+     * is dimmed (colour) or left blank (ASCII) by viz_term */
     float vmax = snap->prob_max > 0 ? snap->prob_max : 1;
-    viz_scale sc = {VIZ_SCALE_LOG, vmax * 1e-4f, vmax, 0};
-    for (int cy = 0; cy < a->h; cy++)
-        for (int cx = 0; cx < a->w && cx < v->cols; cx++) {
-            int r0 = 2 * cy, r1 = 2 * cy + 1;
-            float pt = r0 < v->rows ? snap->prob[(size_t)r0 * v->cols + cx] : NAN;
-            float pb = r1 < v->rows ? snap->prob[(size_t)r1 * v->cols + cx] : NAN;
-            float ct = r0 < v->rows ? snap->cover[(size_t)r0 * v->cols + cx] : NAN;
-            float cb = r1 < v->rows ? snap->cover[(size_t)r1 * v->cols + cx] : NAN;
-            draw_heat_cell(a->y + cy, a->x + cx, isnan(pt) ? NAN : viz_scale_apply(&sc, pt),
-                           isnan(pb) ? NAN : viz_scale_apply(&sc, pb), s->overlay && !isnan(ct) && ct < 0.5f,
-                           s->overlay && !isnan(cb) && cb < 0.5f);
-        }
+    viz_term_opts to = {VIZ_CMAP_VIRIDIS, {VIZ_SCALE_LOG, vmax * 1e-4f, vmax, 0}, term_mode(),
+                        s->overlay ? snap->cover : NULL};
+    heat_blit(a, a->y, v->cols, v->rows, snap->prob, &to);
     /* the cursor: the cell holding (cur_q, cur_k) */
     int px = (v->cur_k - v->k0) / v->tpp, py = (v->cur_q - v->q0) / v->tpp;
     if (px >= 0 && px < a->w && py >= 0 && py / 2 < a->h) put(a->y + py / 2, a->x + px, 1, R_CURSOR, "O");
@@ -335,20 +281,44 @@ static int cat_of_kind(uint8_t b) {
     return b == 255 ? C_NODATA : b == 3 ? C_BOTH : b == 1 ? C_BLOCK : b == 2 ? C_COLUMN : C_SKIP;
 }
 
-static void draw_cat_grid(const tui_rect *a, int y0, const eng_teach *t, const uint8_t *g, int lines) {
+/* One category per pixel, two pixels per cell like viz_term_heat: upper half block in the upper
+ * pixel's colour over the lower one's; no data is the terminal background; ASCII in mono. */
+static void cat_cell(viz_cell *c, int top, int bot) {
+    static const viz_rgb pal[NCAT] = {{0, 0, 0},       {48, 48, 48},  {0, 200, 220}, {230, 60, 200},
+                                      {255, 255, 255}, {50, 110, 230}, {250, 150, 30}, {250, 230, 60}};
     static const char chars[NCAT] = {' ', '.', '|', '\\', '+', '#', ':', '%'};
-    for (int cy = 0; y0 + cy < a->y + a->h && 2 * cy < t->rows; cy++)
-        for (int cx = 0; cx < a->w && cx < t->cols; cx++) {
+    memset(c, 0, sizeof *c);
+    c->flags = VIZ_CELL_FG_DEFAULT | VIZ_CELL_BG_DEFAULT;
+    if (term_mode() == VIZ_TERM_MONO || (top == C_NODATA && bot == C_NODATA)) {
+        c->ch[0] = chars[top > bot ? top : bot];
+        return;
+    }
+    int up = top != C_NODATA, fgc = up ? top : bot;
+    memcpy(c->ch, up ? "\xe2\x96\x80" : "\xe2\x96\x84", 4);
+    c->fg = pal[fgc];
+    c->fg256 = viz_rgb_to_xterm256(c->fg);
+    c->flags = VIZ_CELL_BG_DEFAULT;
+    if (up && bot != C_NODATA) {
+        c->bg = pal[bot];
+        c->bg256 = viz_rgb_to_xterm256(c->bg);
+        c->flags = 0;
+    }
+}
+
+static void draw_cat_grid(const tui_rect *a, int y0, const eng_teach *t, const uint8_t *g, int lines) {
+    int w = t->cols < a->w ? t->cols : a->w, rows = (t->rows + 1) / 2, h = a->y + a->h - y0;
+    viz_cellbuf b;
+    eng_err err;
+    if (w < 1 || h < 1 || viz_cellbuf_init(&b, w, rows < h ? rows : h, &err)) return;
+    for (int cy = 0; cy < b.rows; cy++)
+        for (int cx = 0; cx < w; cx++) {
             uint8_t bt = g[(size_t)(2 * cy) * t->cols + cx];
             uint8_t bb = 2 * cy + 1 < t->rows ? g[(size_t)(2 * cy + 1) * t->cols + cx] : 255;
-            int ct = lines ? cat_of_lines(bt) : cat_of_kind(bt), cb = lines ? cat_of_lines(bb) : cat_of_kind(bb);
-            if (g_mode == TUI_COLOR_256 || g_mode == TUI_COLOR_DIRECT) {
-                half_cell(y0 + cy, a->x + cx, CAT_BASE, NCAT, C_NODATA, ct, cb);
-            } else {
-                int c = ct > cb ? ct : cb;
-                mvaddch(y0 + cy, a->x + cx, (chtype)chars[c]);
-            }
+            cat_cell(viz_cellbuf_at(&b, cx, cy), lines ? cat_of_lines(bt) : cat_of_kind(bt),
+                     lines ? cat_of_lines(bb) : cat_of_kind(bb));
         }
+    blit(&b, y0, a->x, b.cols, b.rows);
+    viz_cellbuf_free(&b);
 }
 
 /* Bars of v[0..cols) (log scale over 4 decades of the max), chosen columns bright. */
@@ -408,13 +378,9 @@ static void draw_teach(const tui_layout *l, const tui_state *s, const eng_snapsh
         float vmax = 0;
         for (int i = 0; i < t->n_est * t->cols; i++)
             if (t->est[i] > vmax) vmax = t->est[i];
-        viz_scale sc = {VIZ_SCALE_LOG, (vmax > 0 ? vmax : 1) * 1e-4f, vmax > 0 ? vmax : 1, 0};
-        for (int cy = 0; cy < g.h && 2 * cy < t->n_est; cy++)
-            for (int cx = 0; cx < g.w && cx < t->cols; cx++) {
-                float et = t->est[(size_t)(2 * cy) * t->cols + cx];
-                float eb = 2 * cy + 1 < t->n_est ? t->est[(size_t)(2 * cy + 1) * t->cols + cx] : NAN;
-                draw_heat_cell(g.y + cy, g.x + cx, viz_scale_apply(&sc, et), isnan(eb) ? NAN : viz_scale_apply(&sc, eb), 0, 0);
-            }
+        viz_term_opts to = {VIZ_CMAP_VIRIDIS, {VIZ_SCALE_LOG, (vmax > 0 ? vmax : 1) * 1e-4f, vmax > 0 ? vmax : 1, 0},
+                            term_mode(), NULL};
+        heat_blit(&g, g.y, t->cols, t->n_est, t->est, &to);
         break;
     }
     case 1:

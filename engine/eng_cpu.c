@@ -163,7 +163,9 @@ float eng_cpu_rope_table(const eng_config *cfg, int d, int seq_len, float *inv_f
     return 1.0f;
 }
 
-void eng_cpu_rope_freqs(const eng_config *cfg, int d, float *inv_freq) { (void)eng_cpu_rope_table(cfg, d, 0, inv_freq); }
+void eng_cpu_rope_freqs(const eng_config *cfg, int d, float *inv_freq) {
+    (void)eng_cpu_rope_table(cfg, d, 0, inv_freq);
+}
 
 /* One token's heads: cs holds cos[d/2] then sin[d/2] for its position. */
 static void rope_row(float *x, int n_heads, int d, const float *cs) {

@@ -186,7 +186,8 @@ static int cfg_factor_list(const cJSON *rs, const char *key, int n, float *out, 
 static int cfg_longrope(eng_config *c, const cJSON *root, const cJSON *rs, const char *what, const char *sub,
                         eng_err *err) {
     const int half = c->head_dim / 2;
-    if (half > ENG_ROPE_MAX_FACTORS) return eng_err_set(err, "%s: head_dim %d too large for longrope", sub, c->head_dim);
+    if (half > ENG_ROPE_MAX_FACTORS)
+        return eng_err_set(err, "%s: head_dim %d too large for longrope", sub, c->head_dim);
     if (cfg_factor_list(rs, "short_factor", half, c->rope_short_factor, sub, err) ||
         cfg_factor_list(rs, "long_factor", half, c->rope_long_factor, sub, err))
         return -1;
@@ -229,7 +230,8 @@ static int cfg_rope_scaling(eng_config *c, const cJSON *root, const char *what, 
     if (!strcmp(ty->valuestring, "default")) return 0;
     char sub[600];
     snprintf(sub, sizeof sub, "%s: rope_scaling", what);
-    if (!strcmp(ty->valuestring, "longrope") || !strcmp(ty->valuestring, "su")) return cfg_longrope(c, root, rs, what, sub, err);
+    if (!strcmp(ty->valuestring, "longrope") || !strcmp(ty->valuestring, "su"))
+        return cfg_longrope(c, root, rs, what, sub, err);
     if (strcmp(ty->valuestring, "llama3"))
         return eng_err_set(err, "%s: unsupported rope_scaling type \"%.40s\" (supported: llama3, longrope, su)", what,
                            ty->valuestring);

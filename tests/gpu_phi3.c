@@ -30,7 +30,8 @@ typedef struct {
     float *pool;
 } phi3_model;
 
-static void fill(eng_tensor *t, const char *name, float **p, int64_t r, int64_t c, uint64_t *seed, float sc, float add) {
+static void fill(eng_tensor *t, const char *name, float **p, int64_t r, int64_t c, uint64_t *seed, float sc,
+                 float add) {
     snprintf(t->name, sizeof t->name, "%s", name);
     t->dtype = ENG_DT_F32;
     t->ndim = c ? 2 : 1;

@@ -42,7 +42,9 @@ static void spit(const char *path, const void *data, size_t len) {
     fclose(f);
 }
 
-static int parse(const char *json, eng_config *c, eng_err *e) { return eng_config_parse(c, json, strlen(json), "cfg.json", e); }
+static int parse(const char *json, eng_config *c, eng_err *e) {
+    return eng_config_parse(c, json, strlen(json), "cfg.json", e);
+}
 
 static void expect_cfg_fail(const char *json, const char *n1, const char *n2) {
     eng_config c;
@@ -58,7 +60,8 @@ static void expect_cfg_fail(const char *json, const char *n1, const char *n2) {
 /* "[a, a+step, ...]" with n entries into buf. */
 static const char *list(char *buf, size_t cap, int n, double a, double step) {
     size_t o = (size_t)snprintf(buf, cap, "[");
-    for (int i = 0; i < n && o < cap; i++) o += (size_t)snprintf(buf + o, cap - o, "%s%.9g", i ? "," : "", a + step * i);
+    for (int i = 0; i < n && o < cap; i++)
+        o += (size_t)snprintf(buf + o, cap - o, "%s%.9g", i ? "," : "", a + step * i);
     if (o < cap) snprintf(buf + o, cap - o, "]");
     return buf;
 }
@@ -221,7 +224,10 @@ static void test_phi3_rope_table(void **state) {
     assert_memory_equal(plain, inv, sizeof inv);
     c.rope_longrope = 0;
     assert_true(eng_cpu_rope_table(&c, d, 1000, inv) == 1.0f);
-    for (int i = 0; i < d / 2; i++) assert_true(fabs(inv[i] - pow(10000.0, -2.0 * i / d)) < 1e-6 * pow(10000.0, -2.0 * i / d));
+    for (int i = 0; i < d / 2; i++) {
+        const double want = pow(10000.0, -2.0 * i / d);
+        assert_true(fabs(inv[i] - want) < 1e-6 * want);
+    }
 }
 
 /* ------------------------------------------------------------------ loader */
@@ -301,7 +307,9 @@ static void rm_dir(const char *dir) {
     rmdir(dir);
 }
 
-static void e_no_qkv(cJSON *r) { cJSON_DeleteItemFromObjectCaseSensitive(r, "model.layers.1.self_attn.qkv_proj.weight"); }
+static void e_no_qkv(cJSON *r) {
+    cJSON_DeleteItemFromObjectCaseSensitive(r, "model.layers.1.self_attn.qkv_proj.weight");
+}
 static void e_gate_up_rows(cJSON *r) {
     /* (184, 72) relabelled (92, 144): same bytes, wrong shape */
     cJSON *e = cJSON_GetObjectItemCaseSensitive(r, "model.layers.0.mlp.gate_up_proj.weight");
@@ -363,7 +371,8 @@ static int check_ref(const char *ref) {
                   n > m->cfg.sliding_window ? ", sliding window" : "", rel);
     assert_true(rel < 1e-4);
     for (int i = 0; i < n; i++) {
-        if (cJSON_GetArrayItem(jm, i)->valuedouble > 1e-3) assert_int_equal(out.argmax[i], cJSON_GetArrayItem(ja, i)->valueint);
+        if (cJSON_GetArrayItem(jm, i)->valuedouble > 1e-3)
+            assert_int_equal(out.argmax[i], cJSON_GetArrayItem(ja, i)->valueint);
         if (i + 1 < n) assert_true(fabs(out.next_logprob[i] - cJSON_GetArrayItem(jp, i)->valuedouble) < 1e-3);
     }
     eng_prefill_out_free(&out);

@@ -1,17 +1,27 @@
 /* test_tui: the explorer without a terminal: layout geometry and hit-testing, the key table (dispatch
- * and help), the state machine, and the engine session + worker behind it on the tiny test model. */
+ * and help), the state machine, the heatmap put on a virtual curses screen exactly as viz_term
+ * renders it, the PNG export, cancelling a prefill, and the engine session + worker behind it on
+ * the tiny test model. */
 #include "test_util.h"
 
 #include <curses.h>
+#include <locale.h>
+#include <png.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "eng_backend.h"
 #include "eng_index.h"
+#include "eng_model.h"
 #include "eng_patcfg.h"
 #include "eng_session.h"
+#include "tui_draw.h"
+#include "tui_export.h"
 #include "tui_keys.h"
 #include "tui_layout.h"
 #include "tui_state.h"
 #include "tui_worker.h"
+#include "viz_term.h"
 
 static int rect_inside(const tui_rect *r, int cols, int rows) {
     return r->x >= 0 && r->y >= 0 && r->x + r->w <= cols && r->y + r->h <= rows;
@@ -376,10 +386,47 @@ static void test_session(void **state) {
     assert_int_equal(eng_pattern_cfg_get(&pb.cfg, 0, 2)->kind, ENG_PAT_VS);
     eng_patcfg_free(&pa);
     eng_patcfg_free(&pb);
-    eng_view ev = {.layer = 1, .head = 3, .tpp = 2, .rows = 100, .cols = 100};
-    if (eng_session_export_png(s, &ev, 1, "attnscope test", png, &err)) fail_msg("%s", err.msg);
-    assert_int_equal(access(png, R_OK), 0);
-    assert_int_equal(eng_session_export_png(s, &ev, 1, NULL, "/nonexistent-dir/x.png", &err), -1);
+    /* export: the screen region [0, 200) x [0, 200) at 2 tokens per pixel becomes one token per
+     * pixel, enlarged twice to 400 x 400; the snapshot carries every label, and the lines for a VS
+     * head */
+    eng_view sv = {.layer = 0, .head = 2, .tpp = 2, .rows = 100, .cols = 100, .cur_q = 150};
+    eng_view ev = tui_export_view(&sv, n, 1);
+    assert_int_equal(ev.tpp, 1);
+    assert_int_equal(ev.rows, 200);
+    assert_int_equal(ev.cols, 200);
+    assert_true(ev.lines && ev.labels && !ev.teach);
+    if (eng_session_snapshot(s, &ev, &snap, &err)) fail_msg("%s", err.msg);
+    assert_non_null(snap->labels);
+    for (int t = 0; t < n; t++) assert_non_null(snap->labels[t]);
+    assert_string_equal(snap->labels[150], snap->q_text); /* the cursor's query token, cur_q = 150 */
+    assert_true(snap->n_vert >= 30 && snap->n_slash >= 50); /* VS budgets are clamped up to these */
+    for (int i = 0; i < 30; i++) assert_int_equal(snap->vert[i], i);
+    int pw = 0, ph = 0;
+    if (tui_export_png(snap, 1, "attnscope test", png, &pw, &ph, &err)) fail_msg("%s", err.msg);
+    assert_true(pw > 400 && ph > 400); /* the 400 x 400 map plus title, axes and colour bar */
+    FILE *pf = fopen(png, "rb");
+    assert_non_null(pf);
+    png_structp pr = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop pi = png_create_info_struct(pr);
+    if (setjmp(png_jmpbuf(pr))) fail_msg("libpng could not decode %s", png);
+    png_init_io(pr, pf);
+    png_read_info(pr, pi);
+    assert_int_equal((int)png_get_image_width(pr, pi), pw);
+    assert_int_equal((int)png_get_image_height(pr, pi), ph);
+    png_textp text = NULL;
+    int nt = png_get_text(pr, pi, &text, NULL), has_cmd = 0;
+    for (int i = 0; i < nt; i++) has_cmd |= !strcmp(text[i].key, "Command") && !strcmp(text[i].text, "attnscope test");
+    assert_true(has_cmd);
+    png_destroy_read_struct(&pr, &pi, NULL);
+    fclose(pf);
+    assert_int_equal(tui_export_png(snap, 1, NULL, "/nonexistent-dir/x.png", NULL, NULL, &err), -1);
+    assert_non_null(strstr(err.msg, "/nonexistent-dir"));
+    eng_snapshot_free(snap);
+    /* a large region is pooled to at most TUI_EXPORT_MAX_SIDE pixels a side */
+    eng_view big = {.tpp = 64, .rows = 1000, .cols = 1000};
+    eng_view eb = tui_export_view(&big, 5000, 0);
+    assert_true(eb.rows <= TUI_EXPORT_MAX_SIDE && eb.cols <= TUI_EXPORT_MAX_SIDE && eb.rows * eb.tpp >= 5000);
+    assert_false(eb.lines);
     char cmd[160];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     assert_int_equal(system(cmd), 0);
@@ -447,6 +494,235 @@ static void test_worker(void **state) {
     unlink(prompt);
 }
 
+/* ---- cancelling a prefill ---- */
+
+typedef struct {
+    volatile int *flag;
+    int at;    /* set the flag when the prefill reports this layer (-1: never) */
+    int calls; /* layers reported */
+} cancel_ctx;
+
+static void cancel_progress(void *ctx, int layer, int n_layers) {
+    cancel_ctx *c = ctx;
+    (void)n_layers;
+    c->calls++;
+    if (layer == c->at) *c->flag = 1;
+}
+
+static void test_prefill_cancel(void **state) {
+    (void)state;
+    if (!tiny_model()) skip();
+    eng_err err;
+    eng_model *m = NULL;
+    if (eng_model_load(&m, tiny_model(), &err)) fail_msg("%s", err.msg);
+    eng_backend *be = eng_backend_cpu_create(&err);
+    assert_non_null(be);
+    const int L = m->cfg.n_layers;
+    assert_true(L >= 2);
+    int tokens[96];
+    for (int i = 0; i < 96; i++) tokens[i] = (i * 7 + 3) % m->cfg.vocab_size;
+    volatile int flag = 0;
+    cancel_ctx c = {&flag, 0, 0};
+    eng_prefill_opts po = {.keep_qkv = 1, .keep_lse = 1, .progress = cancel_progress, .progress_ctx = &c,
+                           .cancel = &flag};
+    eng_prefill_out out;
+    /* the flag goes up during layer 0: the check before layer 1 stops the prefill */
+    assert_int_equal(be->prefill(be, m, tokens, 96, &po, &out, &err), -1);
+    assert_string_equal(err.msg, "cancelled");
+    assert_int_equal(c.calls, 1);
+    assert_null(out.q);
+    assert_null(out.last_logits);
+    /* flag down: the same prefill runs every layer */
+    flag = 0;
+    c.at = -1;
+    c.calls = 0;
+    if (be->prefill(be, m, tokens, 96, &po, &out, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(c.calls, L);
+    assert_non_null(out.q);
+    eng_prefill_out_free(&out);
+    be->destroy(be);
+    eng_model_free(m);
+
+    /* the session: a cancelled analysis leaves it not ready and usable; e2e is cancelled too */
+    char prompt[64];
+    assert_int_equal(write_prompt(prompt, sizeof prompt, 150), 0);
+    eng_session_opts o = {.model_dir = tiny_model(), .prompt_path = prompt, .backend = "cpu"};
+    eng_session *s = NULL;
+    if (eng_session_open(&s, &o, &err)) fail_msg("%s", err.msg);
+    eng_session_set_cancel(s, &flag);
+    flag = 1;
+    assert_int_equal(eng_session_prefill(s, NULL, NULL, &err), -1);
+    assert_string_equal(err.msg, "cancelled");
+    eng_snapshot *snap = NULL;
+    assert_int_equal(eng_session_snapshot(s, NULL, &snap, &err), 0);
+    assert_false(snap->ready);
+    eng_snapshot_free(snap);
+    flag = 0;
+    if (eng_session_prefill(s, NULL, NULL, &err)) fail_msg("%s", err.msg);
+    flag = 1;
+    assert_int_equal(eng_session_run_e2e(s, NULL, NULL, &err), -1);
+    assert_string_equal(err.msg, "cancelled");
+    assert_int_equal(eng_session_snapshot(s, NULL, &snap, &err), 0);
+    assert_true(snap->ready && !snap->e2e.valid);
+    eng_snapshot_free(snap);
+    eng_session_free(s);
+    unlink(prompt);
+}
+
+/* The worker stops a long analysis prefill by cancelling it: stop returns 0 (thread joined,
+ * session freed) well before the prefill could have finished. */
+static void test_worker_stop_cancels(void **state) {
+    (void)state;
+    if (!tiny_model()) skip();
+    char prompt[64];
+    assert_int_equal(write_prompt(prompt, sizeof prompt, 4000), 0);
+    eng_session_opts o = {.model_dir = tiny_model(), .prompt_path = prompt, .backend = "cpu"};
+    eng_session *s = NULL;
+    eng_err err;
+    if (eng_session_open(&s, &o, &err)) fail_msg("%s", err.msg);
+    tui_worker *w = NULL;
+    if (tui_worker_start(&w, s, "/tmp", NULL, &err)) fail_msg("%s", err.msg);
+    tui_status st;
+    for (int i = 0; i < 2000; i++) { /* wait until the prefill reports a layer */
+        tui_worker_status(w, &st);
+        if (st.busy && st.total > 0) break;
+        usleep(1000);
+    }
+    assert_int_equal(tui_worker_stop(w, 20000), 0);
+    unlink(prompt);
+}
+
+/* ---- the heatmap on a (virtual) curses screen ---- */
+
+/* The colour ncurses shows for cell (y, x): character and (fg, bg) colour numbers. */
+static void screen_cell(int y, int x, wchar_t *ch, int *fg, int *bg) {
+    cchar_t cc;
+    wchar_t wc[CCHARW_MAX + 1];
+    attr_t at;
+    short sp;
+    int pair = 0;
+    assert_int_equal(mvin_wch(y, x, &cc), OK);
+    assert_int_equal(getcchar(&cc, wc, &at, &sp, &pair), OK);
+    *ch = wc[0];
+    assert_int_equal(extended_pair_content(pair, fg, bg), OK);
+}
+
+static void test_draw_heatmap(void **state) {
+    (void)state;
+    FILE *out = fopen("/dev/null", "w"), *in = fopen("/dev/null", "r");
+    assert_non_null(out);
+    assert_non_null(in);
+    if (!setlocale(LC_ALL, "C.UTF-8")) skip();
+    SCREEN *scr = newterm("xterm-256color", out, in);
+    if (!scr) {
+        fclose(out);
+        fclose(in);
+        skip(); /* no terminfo entry */
+    }
+    resize_term(32, 100);
+    tui_layout l;
+    tui_state s;
+    tui_cmd cmd;
+    tui_state_init(&s, 2, 4, 2, 64);
+    assert_int_equal(tui_layout_compute(COLS, LINES, 2, 4, 2, 0, 0, &l), 0);
+    tui_state_set_map_size(&s, l.map_px_w, l.map_px_h, &cmd);
+    s.overlay = 1;
+    /* a snapshot by hand: a causal map with a gradient, half of it skipped by the index */
+    eng_view v = tui_state_view(&s);
+    const int W = v.cols, Hp = v.rows;
+    eng_head_stat hs[8];
+    eng_layer_stat ls[2];
+    memset(hs, 0, sizeof hs);
+    memset(ls, 0, sizeof ls);
+    float *prob = malloc(sizeof(float) * (size_t)W * Hp), *cover = malloc(sizeof(float) * (size_t)W * Hp);
+    assert_non_null(prob);
+    assert_non_null(cover);
+    for (int r = 0; r < Hp; r++)
+        for (int c = 0; c < W; c++) {
+            int causal = c * v.tpp <= r * v.tpp + v.tpp - 1;
+            prob[(size_t)r * W + c] = causal ? powf(10.0f, -3.0f * (float)(r - c + Hp) / (float)(2 * Hp)) : NAN;
+            cover[(size_t)r * W + c] = causal ? (c % 8 < 4 ? 1.0f : 0.0f) : NAN;
+        }
+    eng_snapshot snap;
+    memset(&snap, 0, sizeof snap);
+    snprintf(snap.model, sizeof snap.model, "test");
+    snprintf(snap.backend, sizeof snap.backend, "cpu");
+    snap.n_tokens = 64, snap.n_layers = 2, snap.n_heads = 4, snap.n_kv_heads = 2, snap.head_dim = 8;
+    snap.ready = 1, snap.heads = hs, snap.layers = ls, snap.view = v, snap.map_valid = 1;
+    snap.prob = prob, snap.cover = cover;
+    for (size_t i = 0; i < (size_t)W * Hp; i++)
+        if (prob[i] > snap.prob_max) snap.prob_max = prob[i];
+    tui_status st;
+    memset(&st, 0, sizeof st);
+
+    /* what viz_term makes of it: the TUI must show exactly these cells */
+    viz_term_opts to = {VIZ_CMAP_VIRIDIS, {VIZ_SCALE_LOG, snap.prob_max * 1e-4f, snap.prob_max, 0}, VIZ_TERM_256, cover};
+    viz_cellbuf ref;
+    eng_err err;
+    assert_int_equal(viz_cellbuf_init(&ref, l.map_px.w, l.map_px.h, &err), 0);
+    viz_term_heat(&ref, 0, 0, prob, W, Hp, &to);
+    assert_int_equal(tui_draw_init(0), TUI_COLOR_256);
+    tui_draw_frame(&l, &s, &snap, &st);
+    int checked = 0, colored = 0, dimmed = 0;
+    for (int y = 0; y < l.map_px.h; y++)
+        for (int x = 0; x < l.map_px.w; x++) {
+            const viz_cell *c = viz_cellbuf_at(&ref, x, y);
+            int px = (v.cur_k - v.k0) / v.tpp, py = (v.cur_q - v.q0) / v.tpp;
+            if (x == px && y == py / 2) continue; /* the cursor mark */
+            wchar_t ch;
+            int fg, bg;
+            screen_cell(l.map_px.y + y, l.map_px.x + x, &ch, &fg, &bg);
+            wchar_t want = !strcmp(c->ch, "\xe2\x96\x80") ? 0x2580 : !strcmp(c->ch, "\xe2\x96\x84") ? 0x2584 : (wchar_t)c->ch[0];
+            assert_int_equal(ch, want);
+            assert_int_equal(fg, c->flags & VIZ_CELL_FG_DEFAULT ? -1 : c->fg256);
+            assert_int_equal(bg, c->flags & VIZ_CELL_BG_DEFAULT ? -1 : c->bg256);
+            colored += fg >= 0;
+            checked++;
+        }
+    assert_true(checked > 100 && colored > 50);
+    /* the overlay dims skipped pixels: off, some cells change colour */
+    s.overlay = 0;
+    tui_draw_frame(&l, &s, &snap, &st);
+    to.computed = NULL;
+    viz_cellbuf_clear(&ref);
+    viz_term_heat(&ref, 0, 0, prob, W, Hp, &to);
+    for (int x = 0; x < l.map_px.w; x++) {
+        const viz_cell *c = viz_cellbuf_at(&ref, x, l.map_px.h - 1);
+        wchar_t ch;
+        int fg, bg;
+        screen_cell(l.map_px.y + l.map_px.h - 1, l.map_px.x + x, &ch, &fg, &bg);
+        assert_int_equal(fg, c->flags & VIZ_CELL_FG_DEFAULT ? -1 : c->fg256);
+        dimmed += x % 8 >= 4 && fg >= 0;
+    }
+    assert_true(dimmed > 0);
+    /* --no-color: the ASCII ramp, default colours */
+    tui_draw_init(1);
+    s.overlay = 1;
+    tui_draw_frame(&l, &s, &snap, &st);
+    to.mode = VIZ_TERM_MONO;
+    to.computed = cover;
+    viz_cellbuf_clear(&ref);
+    viz_term_heat(&ref, 0, 0, prob, W, Hp, &to);
+    int nonblank = 0;
+    for (int x = 0; x < l.map_px.w; x++) {
+        const viz_cell *c = viz_cellbuf_at(&ref, x, l.map_px.h - 1);
+        wchar_t ch;
+        int fg, bg;
+        screen_cell(l.map_px.y + l.map_px.h - 1, l.map_px.x + x, &ch, &fg, &bg);
+        assert_int_equal(ch, (wchar_t)c->ch[0]);
+        assert_int_equal(fg, -1);
+        nonblank += ch != L' ';
+    }
+    assert_true(nonblank > 0);
+    viz_cellbuf_free(&ref);
+    endwin();
+    delscreen(scr);
+    fclose(out);
+    fclose(in);
+    free(prob);
+    free(cover);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_layout_sizes),
@@ -456,6 +732,9 @@ int main(void) {
         cmocka_unit_test(test_session),
         cmocka_unit_test(test_session_bad_input),
         cmocka_unit_test(test_worker),
+        cmocka_unit_test(test_worker_stop_cancels),
+        cmocka_unit_test(test_prefill_cancel),
+        cmocka_unit_test(test_draw_heatmap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

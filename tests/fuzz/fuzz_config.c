@@ -29,7 +29,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (c.rope_llama3 && !(c.rope_factor > 0 && c.rope_high_freq_factor > c.rope_low_freq_factor &&
                                c.rope_low_freq_factor > 0 && c.rope_original_max_pos > 0))
             __builtin_trap();
-        if (c.rope_longrope && !(c.rope_attn_factor > 0 && c.rope_original_max_pos >= 2 && c.head_dim / 2 <= ENG_ROPE_MAX_FACTORS))
+        if (c.rope_longrope &&
+            !(c.rope_attn_factor > 0 && c.rope_original_max_pos >= 2 && c.head_dim / 2 <= ENG_ROPE_MAX_FACTORS))
             __builtin_trap();
         for (int i = 0; c.rope_longrope && i < c.head_dim / 2; i++)
             if (!(c.rope_short_factor[i] > 0 && c.rope_long_factor[i] > 0)) __builtin_trap();
