@@ -295,10 +295,12 @@ static head_view head_at(const map_ctx *c, int l, int h) {
     return v;
 }
 
-static int pool_head(const char *cmd, const head_view *hv, const eng_head_index *ix, const eng_map_opts *mo, float *out) {
+static int pool_head(const char *cmd, eng_backend *be, const head_view *hv, const eng_head_index *ix,
+                     const eng_map_opts *mo, float *out) {
     eng_err err = {{0}};
-    /* with an index the sparse row LSE differs from the dense one: eng_map computes it */
-    if (eng_map_pool(hv->q, hv->qs, hv->k, hv->ks, hv->n, hv->d, ix ? NULL : hv->lse, ix, mo, out, &err)) {
+    /* with an index the sparse row LSE differs from the dense one: eng_map computes it; on the
+     * backend's GPU map when it has one */
+    if (eng_map_pool_on(be, hv->q, hv->qs, hv->k, hv->ks, hv->n, hv->d, ix ? NULL : hv->lse, ix, mo, out, &err)) {
         cli_error(cmd, "%s", err.msg);
         return -1;
     }
@@ -396,7 +398,7 @@ static int run_figure(const map_args *a, map_ctx *c) {
     viz_mapfig mf = {0}; /* map mode: the figure shared with the explorer's export */
     if (a->mode == MODE_MAP) {
         head_view hv = head_at(c, l, a->head);
-        if (pool_head(cmd, &hv, NULL, &mo, vals)) goto done;
+        if (pool_head(cmd, c->be, &hv, NULL, &mo, vals)) goto done;
         double frac = 0;
         if (a->patterns) {
             if (build_index(cmd, c, &hv, l, a->head, &ix, &p)) goto done;
@@ -425,7 +427,7 @@ static int run_figure(const map_args *a, map_ctx *c) {
     } else if (a->mode == MODE_GRID) {
         for (int hh = 0; hh < H; hh++) {
             head_view hv = head_at(c, l, hh);
-            if (pool_head(cmd, &hv, NULL, &mo, vals + npx * hh)) goto done;
+            if (pool_head(cmd, c->be, &hv, NULL, &mo, vals + npx * hh)) goto done;
             if (c->have_pc) eng_pattern_describe(eng_pattern_cfg_get(&c->pc.cfg, l, hh), pat, sizeof pat);
             else snprintf(pat, sizeof pat, "dense");
             snprintf(ptitle[hh], sizeof ptitle[hh], "head %d: %.100s", hh, pat);
@@ -436,10 +438,10 @@ static int run_figure(const map_args *a, map_ctx *c) {
                  pool_name(a->pool));
     } else {
         head_view hv = head_at(c, l, a->head);
-        if (pool_head(cmd, &hv, NULL, &mo, vals)) goto done;
+        if (pool_head(cmd, c->be, &hv, NULL, &mo, vals)) goto done;
         if (build_index(cmd, c, &hv, l, a->head, &ix, &p)) goto done;
         have_ix = 1;
-        if (pool_head(cmd, &hv, &ix, &mo, vals + npx)) goto done;
+        if (pool_head(cmd, c->be, &hv, &ix, &mo, vals + npx)) goto done;
         for (size_t i = 0; i < npx; i++) {
             float dv = vals[i], sv = vals[npx + i];
             vals[2 * npx + i] = isnan(dv) || isnan(sv) ? NAN : fabsf(dv - sv);

@@ -253,7 +253,10 @@ static void draw_map(const tui_layout *l, const tui_state *s, const eng_snapshot
         if (!snap || !snap->map_valid || v->rows != s->px_h || v->cols != s->px_w) return;
     }
     /* query-axis gutter: the first query of every fourth cell row */
-    for (int cy = 0; cy < a->h; cy += 4) put(a->y + cy, m->x, a->x - m->x - 1, R_DIM, "%5d", v->q0 + 2 * cy * v->tpp);
+    for (int cy = 0; cy < a->h && 2 * cy < v->rows; cy += 4) {
+        int q = v->q0 + 2 * cy * v->tpp;
+        if (q < snap->n_tokens) put(a->y + cy, m->x, a->x - m->x - 1, R_DIM, "%5d", q);
+    }
     /* four decades below the view's maximum, log scale; with the overlay, what the index skips
      * is dimmed (colour) or left blank (ASCII) by viz_term */
     float vmax = snap->prob_max > 0 ? snap->prob_max : 1;

@@ -107,7 +107,9 @@ static void run_job(tui_worker *w, const job *j) {
         set_busy(w, 1, "prefill");
         int rc = eng_session_prefill(w->s, progress, w, &err);
         set_busy(w, 0, NULL);
-        if (rc) {
+        if (rc && w->cancel) {
+            set_msg(w, 0, "prefill cancelled");
+        } else if (rc) {
             set_msg(w, 1, "prefill failed: %s", err.msg);
         } else {
             pthread_mutex_lock(&w->mu);

@@ -7,6 +7,8 @@
  * max over a tile of exp(s - lse) = exp(max(s - lse)). */
 #include "eng_map.h"
 
+#include "eng_backend.h"
+
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -201,29 +203,45 @@ static void micro_scores(const float *qb, const float *kpan, int d, float *s) {
 }
 #endif
 
-/* bias[j] = 0 where index row block rb computes key ks + j, -inf elsewhere (j < len). */
-static void build_bias(const eng_head_index *ix, int rb, int ks, int len, float *bias) {
-    for (int j = 0; j < len; j++) bias[j] = -INFINITY;
+/* bias[j] = 0 where index row block rb computes key ks + j for some query, -inf elsewhere
+ * (j < len); blk[j] = 1 where that key comes from a block (band-masked per query, see
+ * band_bias), 0 for a column. Columns first, then blocks, so a key in both counts as a block key,
+ * as in eng_index_covers (the index contract keeps them disjoint anyway). */
+static void build_bias(const eng_head_index *ix, int rb, int ks, int len, float *bias, unsigned char *blk) {
+    for (int j = 0; j < len; j++) bias[j] = -INFINITY, blk[j] = 0;
     int nb = ix->block_count[rb], nc = ix->column_count[rb];
     const int *bo = ix->block_offset + (size_t)rb * (size_t)ix->max_blocks;
     const int *ci = ix->column_index + (size_t)rb * (size_t)ix->max_cols;
-    for (int i = 0; i < nb; i++) {
-        int a = bo[i] > ks ? bo[i] : ks, b = bo[i] + ENG_BLOCK < ks + len ? bo[i] + ENG_BLOCK : ks + len;
-        for (int kk = a; kk < b; kk++) bias[kk - ks] = 0.0f;
-    }
     for (int i = 0; i < nc; i++)
         if (ci[i] >= ks && ci[i] < ks + len) bias[ci[i] - ks] = 0.0f;
+    for (int i = 0; i < nb; i++) {
+        int a = bo[i] > ks ? bo[i] : ks, b = bo[i] + ENG_BLOCK < ks + len ? bo[i] + ENG_BLOCK : ks + len;
+        for (int kk = a; kk < b; kk++) bias[kk - ks] = 0.0f, blk[kk - ks] = 1;
+    }
+}
+
+/* Band mask (eng_index.h): query t drops the block keys k with sink <= k <= t - window, i.e.
+ * [lo, hi) = [max(sink, ks), min(t - window + 1, ks + len)) within the chunk at ks. Empty when the
+ * index has no band (window <= 0) or the cut misses the chunk. */
+static void band_cut(const eng_head_index *ix, int t, int ks, int len, int *lo, int *hi) {
+    *lo = *hi = 0;
+    if (ix->window <= 0) return;
+    long long a = ix->sink > ks ? ix->sink : ks, b = (long long)t - ix->window + 1;
+    if (b > (long long)ks + len) b = (long long)ks + len;
+    if (a < b) *lo = (int)(a - ks), *hi = (int)(b - ks);
 }
 
 typedef struct {
     float *qg;       /* [RG][d] scaled queries of the current row group */
     float *S;        /* [RG][CHUNK] scores of the group against one key chunk */
     float *tmp;      /* [CHUNK] */
-    float *bias;     /* [CHUNK] */
+    float *bias;     /* [CHUNK] row block rb's bias for the chunk (build_bias) */
+    unsigned char *blk; /* [CHUNK] block-key flags of that chunk */
+    float *bband;    /* [CHUNK] bias of one query row with the band mask applied */
     float *acc;      /* [grid rows of the unit][gw] */
     float *lse;      /* [rows of unit] */
     float *m, *l;    /* online softmax state, [rows of unit] */
-    int bias_rb, bias_chunk;
+    int bias_rb, bias_chunk, band_row; /* what bias / bband hold (-1: nothing) */
 } worker_buf;
 
 /* Scaled query rows [g0, g0 + RG) into qg (rows outside [0, n) are zero). */
@@ -257,15 +275,27 @@ static void group_scores(const map_job *J, worker_buf *B, int g0, int g1, int ks
     }
 }
 
+/* The bias of query row `row` over the chunk at ks: row block's bias, band-masked per row when
+ * the index has a band that cuts into this chunk for this row. NULL without an index. */
 static const float *get_bias(const map_job *J, worker_buf *B, int row, int ks) {
     if (!J->ix) return NULL;
     int rb = row / ENG_BLOCK;
     if (rb != B->bias_rb || ks != B->bias_chunk) {
-        build_bias(J->ix, rb, ks, CHUNK, B->bias);
+        build_bias(J->ix, rb, ks, CHUNK, B->bias, B->blk);
         B->bias_rb = rb;
         B->bias_chunk = ks;
+        B->band_row = -1;
     }
-    return B->bias;
+    int lo, hi;
+    band_cut(J->ix, row, ks, CHUNK, &lo, &hi);
+    if (lo >= hi) return B->bias;
+    if (B->band_row != row) {
+        memcpy(B->bband, B->bias, sizeof(float) * CHUNK);
+        for (int j = lo; j < hi; j++)
+            if (B->blk[j]) B->bband[j] = -INFINITY;
+        B->band_row = row;
+    }
+    return B->bband;
 }
 
 /* Pass 1: row LSE over keys [0, t] (index entries only when ix) for rows [ra, rb). */
@@ -384,13 +414,16 @@ static void *worker(void *arg) {
     B.S = aligned_alloc(64, sizeof(float) * RG * CHUNK);
     B.tmp = aligned_alloc(64, sizeof(float) * CHUNK);
     B.bias = aligned_alloc(64, sizeof(float) * CHUNK);
+    B.blk = malloc(CHUNK);
+    B.bband = aligned_alloc(64, sizeof(float) * CHUNK);
     B.acc = malloc(sizeof(float) * (size_t)max_grows * (size_t)J->gw);
     B.lse = malloc(sizeof(float) * (size_t)max_rows);
     B.m = malloc(sizeof(float) * (size_t)max_rows);
     B.l = malloc(sizeof(float) * (size_t)max_rows);
     B.bias_rb = -1;
     B.bias_chunk = -1;
-    int ok = B.qg && B.S && B.tmp && B.bias && B.acc && B.lse && B.m && B.l;
+    B.band_row = -1;
+    int ok = B.qg && B.S && B.tmp && B.bias && B.blk && B.bband && B.acc && B.lse && B.m && B.l;
     for (;;) {
         pthread_mutex_lock(&J->mu);
         if (!ok) J->failed = 1;
@@ -405,6 +438,8 @@ static void *worker(void *arg) {
     free(B.S);
     free(B.tmp);
     free(B.bias);
+    free(B.blk);
+    free(B.bband);
     free(B.acc);
     free(B.lse);
     free(B.m);
@@ -523,6 +558,12 @@ done:
     return rc;
 }
 
+int eng_map_pool_on(struct eng_backend *be, const float *q, int q_stride, const float *k, int k_stride, int n, int d,
+                    const float *lse, const eng_head_index *ix, const eng_map_opts *opts, float *out, eng_err *err) {
+    if (be && be->map_pool) return be->map_pool(be, q, q_stride, k, k_stride, n, d, lse, ix, opts, out, err);
+    return eng_map_pool(q, q_stride, k, k_stride, n, d, lse, ix, opts, out, err);
+}
+
 /* Add the overlap of key interval [a, b) with each grid column to cnt[] (a < b, inside [k0, k1)). */
 static void add_interval(const map_job *J, int a, int b, double *cnt) {
     int x = J->col_of[a - J->o.k0];
@@ -558,9 +599,17 @@ int eng_map_index_mask(const eng_head_index *ix, const eng_map_opts *opts, float
             int rb = t / ENG_BLOCK;
             const int *bo = ix->block_offset + (size_t)rb * (size_t)ix->max_blocks;
             const int *ci = ix->column_index + (size_t)rb * (size_t)ix->max_cols;
+            /* band (eng_index.h): block keys in [cut_a, cut_b) are dropped for row t */
+            long long cut_a = ix->sink, cut_b = ix->window > 0 ? (long long)t - ix->window + 1 : 0;
             for (int i = 0; i < ix->block_count[rb]; i++) {
                 int a = bo[i] > k0 ? bo[i] : k0, b = bo[i] + ENG_BLOCK < kc ? bo[i] + ENG_BLOCK : kc;
-                if (a < b) add_interval(&J, a, b, done);
+                if (a >= b) continue;
+                if (cut_a >= cut_b || cut_b <= a || cut_a >= b) {
+                    add_interval(&J, a, b, done);
+                    continue;
+                }
+                if (cut_a > a) add_interval(&J, a, (int)cut_a, done);
+                if (cut_b < b) add_interval(&J, (int)cut_b, b, done);
             }
             for (int i = 0; i < ix->column_count[rb]; i++)
                 if (ci[i] >= k0 && ci[i] < kc) done[J.col_of[ci[i] - k0]] += 1.0;

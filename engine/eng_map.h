@@ -14,7 +14,8 @@
  * as 0, so a tile cut by the diagonal shows its mass density, and summing MEAN pixels times their
  * areas gives the total mass. A tile with no causal entry at all gets opts->empty (pass NAN to let
  * renderers draw "no data"). With an index (sparse attention), entries the index does not compute
- * have p = 0 (they still count for the tile area and make a causal tile non-empty). */
+ * have p = 0 (they still count for the tile area and make a causal tile non-empty); "computes" is
+ * eng_index_covers exactly: block keys under the index's band mask (sink, window), then columns. */
 #ifndef ENG_MAP_H
 #define ENG_MAP_H
 
@@ -40,9 +41,17 @@ typedef struct {
 int eng_map_pool(const float *q, int q_stride, const float *k, int k_stride, int n, int d, const float *lse,
                  const eng_head_index *ix, const eng_map_opts *opts, float *out, eng_err *err);
 
+struct eng_backend; /* eng_backend.h (which includes this header) */
+
+/* eng_map_pool on backend be: be->map_pool (the GPU's) when be has one, else eng_map_pool on the
+ * CPU (be NULL too). Same arguments and results; the viewer paths call this. */
+int eng_map_pool_on(struct eng_backend *be, const float *q, int q_stride, const float *k, int k_stride, int n, int d,
+                    const float *lse, const eng_head_index *ix, const eng_map_opts *opts, float *out, eng_err *err);
+
 /* For the index overlay: out[h][w] = the fraction of each tile's causal entries that ix computes
- * (1 = all computed, 0 = all skipped), opts->empty where a tile has no causal entry. Same tiles as
- * eng_map_pool (pool and threads ignored). O(n * (blocks + columns) + w*h), no N x N. */
+ * (1 = all computed, 0 = all skipped; band mask applied as in eng_index_covers), opts->empty where
+ * a tile has no causal entry. Same tiles as eng_map_pool (pool and threads ignored).
+ * O(n * (blocks + columns) + w*h), no N x N. */
 int eng_map_index_mask(const eng_head_index *ix, const eng_map_opts *opts, float *out, eng_err *err);
 
 /* Tile edges used by both functions: e[i] = a + floor(i * (b - a) / px) for i in 0..px when

@@ -389,9 +389,9 @@ static int fill_grid(const eng_session *s, int l, int h, const eng_view *v, cons
             eng_map_opts mo = {.q0 = ry[a][0], .q1 = ry[a][1], .k0 = cx[b][0], .k1 = cx[b][1], .w = cx[b][2],
                                .h = ry[a][2], .pool = ENG_POOL_MAX, .empty = NAN, .threads = 0};
             int rc = mask ? eng_map_index_mask(&s->ix[(size_t)l * s->H + h], &mo, tmp, err)
-                          : eng_map_pool(layer_q(s, l) + (size_t)h * s->d, s->H * s->d,
-                                         layer_k(s, l) + (size_t)(h / grp) * s->d, s->Hkv * s->d, s->n, s->d,
-                                         head_lse(s, l, h), NULL, &mo, tmp, err);
+                          : eng_map_pool_on(s->be, layer_q(s, l) + (size_t)h * s->d, s->H * s->d,
+                                            layer_k(s, l) + (size_t)(h / grp) * s->d, s->Hkv * s->d, s->n, s->d,
+                                            head_lse(s, l, h), NULL, &mo, tmp, err);
             if (rc) {
                 free(tmp);
                 return -1;

@@ -257,6 +257,280 @@ attn_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     }
 }
 
+/* One 64-key tile (K or V) into a [64][D] swizzled shared buffer; rows past the tile's keys (or
+ * past n) are zero-filled. */
+template <int D, int NT>
+__device__ __forceinline__ void load_rows(__nv_bfloat16 *dst, const Tile &t, const __nv_bfloat16 *src, int stride,
+                                          int n, int tid) {
+    constexpr int CH = D / 8;
+#pragma unroll
+    for (int c = tid; c < kBN * CH; c += NT) {
+        int r = c / CH, ch = c % CH;
+        int key;
+        bool ok;
+        if (t.cols) {
+            ok = r < t.count;
+            key = ok ? __ldg(t.cols + r) : 0;
+        } else {
+            key = t.start + r;
+            ok = key < n;
+        }
+        krn_cp_async16(krn_smem_u32(dst + swz<D>(r, ch)), src + (ok ? (size_t)key * stride + ch * 8 : 0), ok ? 16 : 0);
+    }
+}
+
+/* The second-generation kernel (FA2's tiling): each warp owns MR 16-row m-tiles (32 query rows at
+ * MR = 2), so every K/V fragment read from shared memory feeds MR mma.sync instead of one (the
+ * first kernel's 16-row warps read 256 B of shared memory per mma, which bounds them near half the
+ * tensor rate). Q stays in shared memory and is re-read per tile (registers hold O: MR*D/2 floats,
+ * and S: MR*32). Softmax keeps raw scores; p = 2^(s*scale_log2 - m) is one FFMA + MUFU.EX2.
+ * ST = 2: K and V double-buffered (load tile t+1 during tile t; one barrier per tile);
+ * ST = 1: single K and V buffers, FA2's overlap (V_t loads during S = Q K_t^T, K_{t+1} during
+ * O += P V_t; two barriers per tile) for a small footprint (more CTAs per SM).
+ * Grid (H, row blocks), row blocks in reverse: the heaviest causal row blocks of all heads first. */
+template <int D, int NW, int MR, int ST, int MODE>
+__global__ void __launch_bounds__(NW * 32, (NW == 2 && ST == 1) ? 4 : 2)
+attn2_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
+    constexpr int RW = 16 * MR, BM = RW * NW, CH = D / 8, NT = NW * 32, KS = D / 16, DT = D / 8;
+    static_assert(MODE == MODE_DENSE || BM == 64, "sparse row blocks are 64 queries (ENG_BLOCK)");
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    __nv_bfloat16 *sQ = reinterpret_cast<__nv_bfloat16 *>(smem_raw);
+    __nv_bfloat16 *sK = sQ + BM * D;       /* [ST][64][D] */
+    __nv_bfloat16 *sV = sK + ST * kBN * D; /* [ST][64][D] */
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int n = a.n;
+    const int mb = (int)gridDim.y - 1 - (int)blockIdx.y; /* heaviest row blocks first */
+    const int h = blockIdx.x, hk = h / (a.H / a.Hkv);
+    const int m0 = mb * BM;
+    const int q0w = m0 + warp * RW; /* this warp's first row */
+
+    const __nv_bfloat16 *q = reinterpret_cast<const __nv_bfloat16 *>(a.q) + h * D;
+    const __nv_bfloat16 *k = reinterpret_cast<const __nv_bfloat16 *>(a.k) + hk * D;
+    const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
+
+    int n_blocks, n_tiles, n_cols = 0, sink = 0, window = 0;
+    const int *boff = nullptr, *cidx = nullptr;
+    if (MODE == MODE_DENSE) {
+        int last = min(m0 + BM, n) - 1;
+        n_blocks = last / kBN + 1;
+        n_tiles = n_blocks;
+    } else {
+        const size_t hr = (size_t)h * ix.n_rb + mb;
+        n_blocks = ix.block_count[hr];
+        n_cols = ix.column_count[hr];
+        boff = ix.block_offset + hr * ix.max_blocks;
+        cidx = ix.column_index + hr * ix.max_cols;
+        n_tiles = n_blocks + (n_cols + kBN - 1) / kBN;
+        if (ix.band) {
+            sink = ix.band[2 * h];
+            window = ix.band[2 * h + 1];
+        }
+    }
+    auto tile_at = [&](int t) {
+        Tile tl;
+        if (MODE == MODE_DENSE || t < n_blocks) { /* dense: every tile is a block tile */
+            tl.start = MODE == MODE_DENSE ? t * kBN : __ldg(boff + t);
+            tl.count = kBN;
+            tl.cols = nullptr;
+        } else {
+            int g = t - n_blocks;
+            tl.start = 0;
+            tl.count = min(kBN, n_cols - g * kBN);
+            tl.cols = cidx + g * kBN;
+        }
+        return tl;
+    };
+
+#pragma unroll
+    for (int c = tid; c < BM * CH; c += NT) {
+        int r = c / CH, ch = c % CH, row = m0 + r;
+        bool ok = row < n;
+        krn_cp_async16(krn_smem_u32(sQ + swz<D>(r, ch)), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
+                       ok ? 16 : 0);
+    }
+    Tile nxt = {0, 0, nullptr};
+    if (n_tiles > 0) {
+        nxt = tile_at(0);
+        load_rows<D, NT>(sK, nxt, k, a.kv_stride, n, tid);
+        if (ST == 2) load_rows<D, NT>(sV, nxt, v, a.kv_stride, n, tid);
+    }
+    krn_cp_async_commit();
+
+    float o[MR][DT][4];
+#pragma unroll
+    for (int i = 0; i < MR; i++)
+#pragma unroll
+        for (int j = 0; j < DT; j++) o[i][j][0] = o[i][j][1] = o[i][j][2] = o[i][j][3] = 0.f;
+    float m_s[MR][2], l_s[MR][2]; /* running max (scaled, log2 domain) and partial row sums */
+#pragma unroll
+    for (int i = 0; i < MR; i++) m_s[i][0] = m_s[i][1] = -INFINITY, l_s[i][0] = l_s[i][1] = 0.f;
+
+    for (int t = 0; t < n_tiles; t++) {
+        const Tile tl = nxt;
+        const int buf = ST == 2 ? (t & 1) : 0;
+        krn_cp_async_wait<0>();
+        __syncthreads(); /* K_t (and V_t at ST 2) landed; every warp is done with the buffers refilled next */
+        if (ST == 2) {
+            if (t + 1 < n_tiles) {
+                nxt = tile_at(t + 1);
+                load_rows<D, NT>(sK + (buf ^ 1) * kBN * D, nxt, k, a.kv_stride, n, tid);
+                load_rows<D, NT>(sV + (buf ^ 1) * kBN * D, nxt, v, a.kv_stride, n, tid);
+            }
+        } else {
+            load_rows<D, NT>(sV, tl, v, a.kv_stride, n, tid);
+        }
+        krn_cp_async_commit();
+
+        const bool gather = MODE != MODE_DENSE && tl.cols != nullptr;
+        const bool active = gather || tl.start <= q0w + RW - 1; /* some key at or before some row */
+        const __nv_bfloat16 *cK = sK + buf * kBN * D, *cV = sV + buf * kBN * D;
+        uint32_t pf[MR][4][4]; /* P as bf16 A fragments: [m-tile][16-key step][4] */
+        float al[MR][2];
+        if (active) {
+            float s[MR][8][4];
+#pragma unroll
+            for (int i = 0; i < MR; i++)
+#pragma unroll
+                for (int j = 0; j < 8; j++) s[i][j][0] = s[i][j][1] = s[i][j][2] = s[i][j][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++) {
+                uint32_t qa[MR][4];
+#pragma unroll
+                for (int i = 0; i < MR; i++)
+                    krn_ldmatrix_x4(qa[i][0], qa[i][1], qa[i][2], qa[i][3],
+                                    krn_smem_u32(sQ + swz<D>(warp * RW + i * 16 + (lane & 15), kk * 2 + (lane >> 4))));
+#pragma unroll
+                for (int p = 0; p < 4; p++) {
+                    uint32_t b0, b1, b2, b3;
+                    int mi = lane >> 3;
+                    krn_ldmatrix_x4(b0, b1, b2, b3,
+                                    krn_smem_u32(cK + swz<D>(p * 16 + (mi >> 1) * 8 + (lane & 7), kk * 2 + (mi & 1))));
+#pragma unroll
+                    for (int i = 0; i < MR; i++) {
+                        krn_mma_bf16(s[i][2 * p], qa[i], b0, b1);
+                        krn_mma_bf16(s[i][2 * p + 1], qa[i], b2, b3);
+                    }
+                }
+            }
+            /* Mask only tiles that reach past this warp's first row, carry a band, or are short. */
+            const bool band = !gather && window > 0 && q0w + RW - 1 - tl.start >= window && tl.start + kBN - 1 >= sink;
+            const bool need_mask = gather ? tl.count < kBN : (tl.start + kBN - 1 > q0w || band);
+            if (need_mask) {
+#pragma unroll
+                for (int i = 0; i < MR; i++)
+#pragma unroll
+                    for (int j = 0; j < 8; j++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            int col = j * 8 + (lane & 3) * 2 + (e & 1);
+                            int row = q0w + i * 16 + (lane >> 2) + (e >= 2 ? 8 : 0);
+                            int key = tl.start + col;
+                            bool dead = gather ? col >= tl.count
+                                               : (key > row || (band && key >= sink && row - key >= window));
+                            if (dead) s[i][j][e] = -INFINITY;
+                        }
+            }
+#pragma unroll
+            for (int i = 0; i < MR; i++)
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    float mx = s[i][0][2 * hh];
+#pragma unroll
+                    for (int j = 0; j < 8; j++) mx = fmaxf(mx, fmaxf(s[i][j][2 * hh], s[i][j][2 * hh + 1]));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                    const float mn = fmaxf(m_s[i][hh], mx * scale_log2);
+                    const float use = mn == -INFINITY ? 0.f : mn;
+                    al[i][hh] = krn_ex2(m_s[i][hh] - use);
+                    m_s[i][hh] = mn;
+                    float sum = 0.f;
+#pragma unroll
+                    for (int j = 0; j < 8; j++) {
+                        float p0 = krn_ex2(fmaf(s[i][j][2 * hh], scale_log2, -use));
+                        float p1 = krn_ex2(fmaf(s[i][j][2 * hh + 1], scale_log2, -use));
+                        sum += p0 + p1;
+                        pf[i][j >> 1][(j & 1) * 2 + hh] = krn_pack_bf16(p0, p1);
+                    }
+                    l_s[i][hh] = l_s[i][hh] * al[i][hh] + sum;
+                }
+        }
+        if (ST == 1) {
+            krn_cp_async_wait<0>();
+            __syncthreads(); /* V_t landed; every warp is done reading K_t */
+            if (t + 1 < n_tiles) {
+                nxt = tile_at(t + 1);
+                load_rows<D, NT>(sK, nxt, k, a.kv_stride, n, tid);
+            }
+            krn_cp_async_commit();
+        }
+        if (active) {
+#pragma unroll
+            for (int i = 0; i < MR; i++)
+#pragma unroll
+                for (int j = 0; j < DT; j++) {
+                    o[i][j][0] *= al[i][0];
+                    o[i][j][1] *= al[i][0];
+                    o[i][j][2] *= al[i][1];
+                    o[i][j][3] *= al[i][1];
+                }
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+#pragma unroll
+                for (int dp = 0; dp < D / 16; dp++) {
+                    uint32_t b0, b1, b2, b3;
+                    int mi = lane >> 3;
+                    krn_ldmatrix_x4_trans(b0, b1, b2, b3,
+                                          krn_smem_u32(cV + swz<D>(kk * 16 + (mi & 1) * 8 + (lane & 7), dp * 2 + (mi >> 1))));
+#pragma unroll
+                    for (int i = 0; i < MR; i++) {
+                        krn_mma_bf16(o[i][2 * dp], pf[i][kk], b0, b1);
+                        krn_mma_bf16(o[i][2 * dp + 1], pf[i][kk], b2, b3);
+                    }
+                }
+            }
+        }
+    }
+    krn_cp_async_wait<0>();
+
+    __nv_bfloat16 *out = reinterpret_cast<__nv_bfloat16 *>(a.out) + h * D;
+    const float ln2 = 0.69314718055994531f;
+#pragma unroll
+    for (int i = 0; i < MR; i++)
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            float l = l_s[i][hh];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const float inv = l > 0.f ? 1.f / l : 0.f;
+            const int row = q0w + i * 16 + (lane >> 2) + hh * 8;
+            if (row < n) {
+#pragma unroll
+                for (int j = 0; j < DT; j++)
+                    *reinterpret_cast<uint32_t *>(out + (size_t)row * a.out_stride + j * 8 + (lane & 3) * 2) =
+                        krn_pack_bf16(o[i][j][2 * hh] * inv, o[i][j][2 * hh + 1] * inv);
+                if (a.lse && (lane & 3) == 0)
+                    a.lse[(size_t)h * n + row] = l > 0.f ? (m_s[i][hh] + log2f(l)) * ln2 : -INFINITY;
+            }
+        }
+}
+
+template <int D, int NW, int MR, int ST, int MODE>
+int launch2(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
+    constexpr int BM = 16 * MR * NW;
+    const size_t smem = (size_t)(BM * D + 2 * ST * kBN * D) * sizeof(__nv_bfloat16);
+    CUDA_RET(cudaFuncSetAttribute(attn2_kernel<D, NW, MR, ST, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)smem));
+    const int n_mb = (a->n + BM - 1) / BM;
+    if (n_mb > 65535) return eng_err_set(err, "attention: n = %d needs %d row blocks (grid limit 65535)", a->n, n_mb);
+    dim3 grid(a->H, n_mb);
+    krn_index_dev none = {};
+    const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
+    attn2_kernel<D, NW, MR, ST, MODE><<<grid, NW * 32, smem, st>>>(*a, ix ? *ix : none, scale_log2);
+    LAUNCH_RET("attn2_kernel");
+    return 0;
+}
+
 template <int D, int NW, int MODE>
 int launch(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
     constexpr int BM = 16 * NW;
@@ -287,18 +561,35 @@ int check_args(const krn_attn_args *a, eng_err *err) {
 
 extern "C" int krn_attn_dense(const krn_attn_args *a, int variant, cudaStream_t s, eng_err *err) {
     if (check_args(a, err)) return -1;
-    if (variant == 1)
-        return a->d == 64 ? launch<64, 4, MODE_DENSE>(a, nullptr, s, err) : launch<128, 4, MODE_DENSE>(a, nullptr, s, err);
-    return a->d == 64 ? launch<64, 8, MODE_DENSE>(a, nullptr, s, err) : launch<128, 8, MODE_DENSE>(a, nullptr, s, err);
+    const bool d64 = a->d == 64;
+    switch (variant) {
+    case 0: return d64 ? launch2<64, 4, 2, 2, MODE_DENSE>(a, nullptr, s, err) : launch2<128, 4, 2, 2, MODE_DENSE>(a, nullptr, s, err);
+    case 1: return d64 ? launch<64, 4, MODE_DENSE>(a, nullptr, s, err) : launch<128, 4, MODE_DENSE>(a, nullptr, s, err);
+    case 2: return d64 ? launch<64, 8, MODE_DENSE>(a, nullptr, s, err) : launch<128, 8, MODE_DENSE>(a, nullptr, s, err);
+    case 3: return d64 ? launch2<64, 4, 2, 1, MODE_DENSE>(a, nullptr, s, err) : launch2<128, 4, 2, 1, MODE_DENSE>(a, nullptr, s, err);
+    default: return eng_err_set(err, "attention: unknown dense kernel variant %d (0..%d)", variant, KRN_ATTN_VARIANTS - 1);
+    }
 }
 
-extern "C" int krn_attn_sparse(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t s, eng_err *err) {
+extern "C" int krn_attn_sparse_variant(const krn_attn_args *a, const krn_index_dev *ix, int variant, cudaStream_t s,
+                                       eng_err *err) {
     if (check_args(a, err)) return -1;
     if (!ix || !ix->block_count || !ix->block_offset || !ix->column_count || !ix->column_index)
         return eng_err_set(err, "sparse attention: NULL index");
     if (ix->n != a->n || ix->n_rb != (a->n + 63) / 64)
         return eng_err_set(err, "sparse attention: index built for n = %d, attention has n = %d", ix->n, a->n);
-    return a->d == 64 ? launch<64, 4, MODE_SPARSE>(a, ix, s, err) : launch<128, 4, MODE_SPARSE>(a, ix, s, err);
+    const bool d64 = a->d == 64;
+    switch (variant) {
+    case 0: return d64 ? launch2<64, 2, 2, 1, MODE_SPARSE>(a, ix, s, err) : launch2<128, 2, 2, 1, MODE_SPARSE>(a, ix, s, err);
+    case 1:
+    case 2: return d64 ? launch<64, 4, MODE_SPARSE>(a, ix, s, err) : launch<128, 4, MODE_SPARSE>(a, ix, s, err);
+    case 3: return d64 ? launch2<64, 4, 1, 2, MODE_SPARSE>(a, ix, s, err) : launch2<128, 4, 1, 2, MODE_SPARSE>(a, ix, s, err);
+    default: return eng_err_set(err, "sparse attention: unknown kernel variant %d (0..%d)", variant, KRN_ATTN_VARIANTS - 1);
+    }
+}
+
+extern "C" int krn_attn_sparse(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t s, eng_err *err) {
+    return krn_attn_sparse_variant(a, ix, 0, s, err);
 }
 
 extern "C" int krn_index_dev_alloc(krn_index_dev *ix, int H, int n, int max_blocks, int max_cols, eng_err *err) {

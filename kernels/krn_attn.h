@@ -36,13 +36,23 @@ typedef struct {
     int *band;         /* [H][2] (sink, window): eng_head_index's band mask on block keys; 0 = off */
 } krn_index_dev;
 
-/* Dense causal attention. variant 0 = default (128-query tiles, 8 warps), 1 = 64-query tiles
- * (4 warps); both are the same algorithm, kept for benchmarking. */
+/* Kernel variants, all the same function, kept so old and new can be timed in one run:
+ * 0 = default: FA2 tiling (32 query rows per warp; dense: 128-query tiles, 4 warps, K/V double
+ *     buffered; sparse: 64-query row blocks, 2 warps, single K/V buffers, 4 CTAs per SM);
+ * 1 = first kernel, 64-query tiles, 4 warps (16 rows per warp);
+ * 2 = first kernel, dense: 128-query tiles, 8 warps (the default before); sparse: as 1;
+ * 3 = FA2 tiling, dense: single K/V buffers; sparse: 16 rows per warp, 4 warps, double-buffered. */
+#define KRN_ATTN_VARIANTS 4
+
+/* Dense causal attention; variant as above (0 unless benchmarking). */
 int krn_attn_dense(const krn_attn_args *a, int variant, cudaStream_t s, eng_err *err);
 
 /* Sparse attention: per (head, 64-query row block) the index's key blocks (causal mask where a
  * block reaches past a query) and then its gathered columns, under one online softmax. */
 int krn_attn_sparse(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t s, eng_err *err);
+/* The same with an explicit kernel variant (KRN_ATTN_VARIANTS; krn_attn_sparse uses 0). */
+int krn_attn_sparse_variant(const krn_attn_args *a, const krn_index_dev *ix, int variant, cudaStream_t s,
+                            eng_err *err);
 
 /* Device index storage for H heads (cudaMalloc'd, counts and bands zeroed; free with
  * krn_index_dev_free). */

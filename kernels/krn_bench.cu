@@ -168,7 +168,7 @@ extern "C" int krn_bench_attention(const krn_bench_cfg *c, krn_bench_row *rows, 
                 CUDA_TRY(cudaEventRecord(e0, st));
                 if (krn_index_build(p, &a, 0, H, &ix, ws, st, err)) goto fail;
                 CUDA_TRY(cudaEventRecord(e1, st));
-                if (krn_attn_sparse(&a, &ix, st, err)) goto fail;
+                if (krn_attn_sparse_variant(&a, &ix, c->dense_variant, st, err)) goto fail;
                 CUDA_TRY(cudaEventRecord(e2, st));
                 CUDA_TRY(cudaEventSynchronize(e2));
                 float m1, m2;
@@ -246,7 +246,7 @@ extern "C" int krn_bench_attention(const krn_bench_cfg *c, krn_bench_row *rows, 
             bad = cudaEventRecord(e0, st) != cudaSuccess || krn_index_build(&pd, &a, 0, H, &ix, ws, st, err) ||
                   cudaEventRecord(e1, st) != cudaSuccess ||
                   krn_index_vs_from_lines(dl, kv, dl + (size_t)H * kv, ks, 0, H, &ix, st, err) ||
-                  cudaEventRecord(e2, st) != cudaSuccess || krn_attn_sparse(&a, &ix, st, err);
+                  cudaEventRecord(e2, st) != cudaSuccess || krn_attn_sparse_variant(&a, &ix, c->dense_variant, st, err);
             cudaEvent_t e3 = e0; /* reuse e0 as the end mark once e0 -> e1 has been read */
             if (!bad) bad = cudaEventSynchronize(e2) != cudaSuccess || cudaEventElapsedTime(&m1, e0, e1) != cudaSuccess ||
                             cudaEventElapsedTime(&m2, e1, e2) != cudaSuccess || cudaEventRecord(e3, st) != cudaSuccess ||

@@ -16,7 +16,7 @@ extern "C" {
 typedef struct {
     int n, H, Hkv, d;
     int reps;          /* timed repetitions (median reported), after 2 warm-ups */
-    int dense_variant; /* krn_attn_dense variant */
+    int dense_variant; /* krn_attn_dense / krn_attn_sparse_variant variant (KRN_ATTN_VARIANTS) */
     int n_pats;
     eng_pattern pats[KRN_BENCH_MAX_PATS];
     /* > 0: one more row, vertical-slash on a FIXED index as PERF.md's MInference measurement: the

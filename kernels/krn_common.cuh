@@ -75,6 +75,14 @@ static __device__ __forceinline__ void krn_ldmatrix_x4_trans(uint32_t &r0, uint3
                  : "r"(addr));
 }
 
+/* 2^x on the special-function unit (MUFU.EX2), flushing denormals: one instruction where exp2f
+ * adds range fix-ups. ex2(-inf) = +0, which the masked softmax entries rely on. */
+static __device__ __forceinline__ float krn_ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 /* D (16x8 f32) += A (16x16 bf16, row) * B (16x8 bf16, col). */
 static __device__ __forceinline__ void krn_mma_bf16(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "

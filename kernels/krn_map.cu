@@ -2,7 +2,8 @@
  * engine/eng_map.c). One CTA of 256 threads per 64-query row block (aligned to 64, so one index
  * row block), walking 64-key tiles left of the diagonal; Q (pre-scaled) and K tiles transposed in
  * shared memory as [d][64]; each thread owns a 4 x 4 score block (fp32 fma over c in order, the
- * CPU's sums). Tiles with no index entry are skipped whole. Pass 1 (no lse given): online max/sum
+ * CPU's sums). Tiles with no index entry are skipped whole; the index's band mask (sink, window)
+ * is applied per (query, block key) as in eng_index_covers. Pass 1 (no lse given): online max/sum
  * per row -> lse. Pass 2: every entry of the requested window adds exp(s - lse) (MEAN) or takes
  * max(s - lse) (MAX) into its pixel: a thread first merges its own entries that share a pixel, a
  * warp whose lanes all hit one pixel merges by shuffles, and what remains goes to global atomics
@@ -27,6 +28,7 @@ struct map_args {
     const int *row_of, *col_of;         /* pixel row of query q0 + i, pixel column of key k0 + i */
     const int *bc, *bo, *cc, *ci;       /* index (bc NULL = dense causal) */
     int max_blocks, max_cols;
+    int sink, window;                   /* index band mask on block keys (window 0 = off) */
     float *lse;                         /* [n]: read (pass 2) or written (pass 1) at [q0, q1) */
     unsigned *acc;                      /* [gh][gw]: float bits (MEAN) or ordered keys (MAX) */
 };
@@ -54,8 +56,10 @@ __device__ void load_tile(float *dst, const float *src, int row0, int end, int d
     }
 }
 
-/* allow[j] = 1 when row block rb computes key kt + j (dense: every key < n). Returns whether any
- * key of the tile is computed (uniform over the CTA). */
+/* allow[j] for key kt + j in row block rb: 0 not computed, 1 a block key (dense: every key < n),
+ * subject to the band mask per query (computed()), 2 a column key (never band-masked). Columns
+ * are marked first and blocks overwrite them, so a key in both is a block key, as in
+ * eng_index_covers. Returns whether any key of the tile is marked (uniform over the CTA). */
 __device__ bool tile_allow(const map_args &A, int rb, int kt, unsigned char *allow) {
     if (!A.bc) {
         if (threadIdx.x < MB) allow[threadIdx.x] = kt + (int)threadIdx.x < A.n;
@@ -66,14 +70,22 @@ __device__ bool tile_allow(const map_args &A, int rb, int kt, unsigned char *all
     __syncthreads();
     const int nb = A.bc[rb], nc = A.cc[rb];
     const int *bo = A.bo + (size_t)rb * A.max_blocks, *ci = A.ci + (size_t)rb * A.max_cols;
+    for (int i = threadIdx.x; i < nc; i += MT)
+        if (ci[i] >= kt && ci[i] < kt + MB) allow[ci[i] - kt] = 2;
+    __syncthreads(); /* column marks before block marks */
     for (int i = threadIdx.x; i < nb; i += MT) {
         const int a = max(bo[i], kt), b = min(min(bo[i] + MB, kt + MB), A.n);
         for (int x = a; x < b; x++) allow[x - kt] = 1;
     }
-    for (int i = threadIdx.x; i < nc; i += MT)
-        if (ci[i] >= kt && ci[i] < kt + MB) allow[ci[i] - kt] = 1;
     __syncthreads(); /* every thread's marks visible before any thread reads allow[] */
     return __syncthreads_or(threadIdx.x < MB && allow[threadIdx.x]) != 0;
+}
+
+/* Does query q compute key kk, given kk's mark al from tile_allow? Causal, then the band on block
+ * keys: k < sink or q - k < window (eng_index_covers). */
+__device__ __forceinline__ bool computed(const map_args &A, unsigned char al, int q, int kk) {
+    if (kk > q || !al) return false;
+    return al == 2 || A.window <= 0 || kk < A.sink || q - kk < A.window;
 }
 
 /* s[i][j] = Qs row (ty*4 + i) . Ks row (tx*4 + j), fma over c = 0..d-1 in order. */
@@ -120,7 +132,7 @@ __global__ void __launch_bounds__(MT) map_lse(map_args A, int rb0, int rb1, floa
 #pragma unroll
             for (int j = 0; j < 4; j++) {
                 const int kk = kt + tx * 4 + j;
-                if (!(kk <= q && allow[tx * 4 + j])) s[i][j] = -INFINITY;
+                if (!computed(A, allow[tx * 4 + j], q, kk)) s[i][j] = -INFINITY;
                 tm = fmaxf(tm, s[i][j]);
             }
             /* xor 8..1 stays inside the 16 lanes of one row; every lane shuffles (no early exit) */
@@ -186,7 +198,7 @@ __global__ void __launch_bounds__(MT) map_pool(map_args A, int rb0, int rb1, flo
 #pragma unroll
             for (int j = 0; j < 4; j++) {
                 const int kk = kt + tx * 4 + j;
-                if (gy[i] < 0 || kk < A.k0 || kk >= A.k1 || kk > q || !allow[tx * 4 + j]) continue;
+                if (gy[i] < 0 || kk < A.k0 || kk >= A.k1 || !computed(A, allow[tx * 4 + j], q, kk)) continue;
                 const int p = gy[i] * A.gw + A.col_of[kk - A.k0];
                 const float v = A.pool_max ? s[i][j] - lse[i] : expf(s[i][j] - lse[i]);
                 if (p == cur) {
@@ -310,6 +322,7 @@ extern "C" int krn_map_pool(const float *q, int q_stride, const float *k, int k_
             if (ix->max_cols > 0)
                 CUDA_TRY(cudaMemcpyAsync(dci, ix->column_index, nrb * ix->max_cols * 4, cudaMemcpyHostToDevice, st));
             A.bc = dbc, A.bo = dbo, A.cc = dcc, A.ci = dci, A.max_blocks = ix->max_blocks, A.max_cols = ix->max_cols;
+            A.sink = ix->sink, A.window = ix->window;
         }
         const float scale = 1.0f / sqrtf((float)d);
         const size_t smem = (size_t)2 * d * MB * 4;

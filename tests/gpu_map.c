@@ -1,7 +1,7 @@
 /* gpu_map: the GPU pooled attention map (kernels/krn_map.cu, reached through the CUDA backend's
  * map_pool) against the CPU reference eng_map_pool on fresh random inputs: odd N and N < 64,
  * d 64 and 128, MAX and MEAN, lse given (from eng_attn_*_head) and computed, dense and sparse
- * indexes (A-shape with band, block-sparse, vertical-slash), whole views, windows, zoomed-in views
+ * indexes (A-shape with its band mask, sink/window off the 64 grid, block-sparse, vertical-slash), whole views, windows, zoomed-in views
  * (w > keys) and NAN for empty tiles. Scores are bit-identical by construction; exp and summation
  * order differ, so: empty tiles at the same places, rel-L2 < 1e-4 and max |diff| <= 1e-4 * max. */
 #include "test_util.h"
@@ -35,7 +35,8 @@ static void map_case(eng_backend *be, int n, int d, eng_pat_kind kind, int pool,
     eng_head_index ix, *ixp = NULL;
     if (kind != ENG_PAT_DENSE) {
         eng_pattern p = eng_pattern_make(kind);
-        if (kind == ENG_PAT_ASHAPE) p.n_init = 40, p.n_local = 150;
+        /* sinks and windows off the 64 grid, windows shorter and longer than a tile, per n */
+        if (kind == ENG_PAT_ASHAPE) p.n_init = 40 + n % 37, p.n_local = 20 + (n * 7) % 190;
         if (kind == ENG_PAT_BS) p.topk = 4;
         if (kind == ENG_PAT_VS) p.vertical = 40, p.slash = 60;
         if (eng_pattern_build(&p, q, d, k, d, n, d, &ix, &err)) fail_msg("pattern: %s", err.msg);

@@ -1,9 +1,11 @@
 /* test_map: pooled attention maps (engine/eng_map) against a brute-force N x N computation in
  * double on small N: max and mean pooling, given and self-computed LSE, key/query sub-ranges,
- * zoomed-in outputs, odd head dims, threads, sparse indexes, and the index coverage mask. */
+ * zoomed-in outputs, odd head dims, threads, sparse indexes (incl. the band mask of A-shape
+ * indexes from eng_pattern_build), and the index coverage mask; eng_index_covers is the oracle. */
 #include "test_util.h"
 
 #include "eng_map.h"
+#include "eng_pattern.h"
 
 /* A hand-made index over n tokens: per row block rb, a block ending at the diagonal, one or two
  * blocks at odd token offsets further left, and a few single columns left of all blocks. */
@@ -42,17 +44,8 @@ static void make_index(test_index *t, int n, uint64_t *seed) {
     }
 }
 
-static int covers(const eng_head_index *ix, int q, int k) {
-    if (k > q) return 0;
-    int rb = q / 64;
-    for (int i = 0; i < ix->block_count[rb]; i++) {
-        int o = ix->block_offset[rb * ix->max_blocks + i];
-        if (k >= o && k < o + 64) return 1;
-    }
-    for (int i = 0; i < ix->column_count[rb]; i++)
-        if (ix->column_index[rb * ix->max_cols + i] == k) return 1;
-    return 0;
-}
+/* The oracle: what the attention computes (causal, blocks under the band mask, columns). */
+static int covers(const eng_head_index *ix, int q, int k) { return eng_index_covers(ix, q, k); }
 
 static int edge(int a, int b, int g, int i) { return a + (int)((long long)i * (b - a) / g); }
 
@@ -97,12 +90,14 @@ static void brute(const float *q, const float *k, int n, int d, const eng_head_i
     free(lse);
 }
 
-/* LSE in float via the same double brute force (what a prefill would hand in). */
-static void ref_lse(const float *q, const float *k, int n, int d, float *lse) {
+/* LSE in float via the same double brute force (what a prefill would hand in); over the entries
+ * ix computes when ix is given (the sparse row's LSE). */
+static void ref_lse(const float *q, const float *k, int n, int d, const eng_head_index *ix, float *lse) {
     double sc = 1.0 / sqrt((double)d);
     for (int t = 0; t < n; t++) {
         double m = -INFINITY, s = 0;
         for (int j = 0; j <= t; j++) {
+            if (ix && !covers(ix, t, j)) continue;
             double dot = 0;
             for (int c = 0; c < d; c++) dot += (double)q[t * d + c] * k[j * d + c];
             dot *= sc;
@@ -112,19 +107,19 @@ static void ref_lse(const float *q, const float *k, int n, int d, float *lse) {
     }
 }
 
-static void check_case(int n, int d, eng_map_opts o, int give_lse, int use_index, uint64_t seed) {
+/* eng_map_pool on random Q/K (seeded) against brute(), restricted to ix when given; lse handed
+ * in (the brute-force row LSE over ix's entries) when give_lse. */
+static void check_case_ix(int n, int d, eng_map_opts o, int give_lse, const eng_head_index *ix, uint64_t seed) {
+    int use_index = ix != NULL;
     float *q = malloc(sizeof(float) * (size_t)n * d), *k = malloc(sizeof(float) * (size_t)n * d);
     tu_fill(q, (size_t)n * d, &seed, 2.0f);
     tu_fill(k, (size_t)n * d, &seed, 2.0f);
     /* a planted strong key so max pooling sees values near 1 somewhere */
     for (int c = 0; c < d; c++) k[5 * d + c] = q[(n - 1) * d + c] * 3.0f;
-    test_index ti;
-    make_index(&ti, n, &seed);
-    const eng_head_index *ix = use_index ? &ti.ix : NULL;
     float *lse = NULL;
-    if (give_lse && !use_index) {
+    if (give_lse) {
         lse = malloc(sizeof(float) * (size_t)n);
-        ref_lse(q, k, n, d, lse);
+        ref_lse(q, k, n, d, ix, lse);
     }
     float *out = malloc(sizeof(float) * (size_t)o.w * o.h);
     double *ref = malloc(sizeof(double) * (size_t)o.w * o.h);
@@ -153,6 +148,13 @@ static void check_case(int n, int d, eng_map_opts o, int give_lse, int use_index
     assert_true(nonempty > 0);
     assert_true(maxv > 0);
     free(q); free(k); free(lse); free(out); free(ref);
+}
+
+static void check_case(int n, int d, eng_map_opts o, int give_lse, int use_index, uint64_t seed) {
+    test_index ti;
+    uint64_t s = seed ^ 0x9e3779b97f4a7c15ULL;
+    make_index(&ti, n, &s);
+    check_case_ix(n, d, o, give_lse, use_index ? &ti.ix : NULL, seed);
 }
 
 static void test_full_range_max_mean(void **state) {
@@ -258,6 +260,136 @@ static void test_index_mask(void **state) {
     }
 }
 
+/* Pairs (q, k) that lie in one of q's row-block blocks (causal) but that the band drops: the
+ * entries a band-blind map would wrongly count. */
+static long long band_dropped(const eng_head_index *ix) {
+    long long c = 0;
+    for (int q = 0; q < ix->n; q++) {
+        int rb = q / ENG_BLOCK;
+        for (int i = 0; i < ix->block_count[rb]; i++) {
+            int o = ix->block_offset[rb * ix->max_blocks + i];
+            for (int k = o; k < o + ENG_BLOCK && k <= q; k++) c += !eng_index_covers(ix, q, k);
+        }
+    }
+    return c;
+}
+
+/* A-shape cases: n % 64 != 0, sink and window not multiples of 64 (incl. n_init 0, window 1,
+ * a window shorter than a block, sinks past the first block). */
+static const int ashape_cases[][3] = {{333, 40, 150}, {200, 1, 65}, {230, 100, 30}, {257, 0, 7}, {301, 70, 1}};
+
+static void make_ashape(int n, int n_init, int n_local, eng_head_index *ix) {
+    eng_pattern p = eng_pattern_make(ENG_PAT_ASHAPE);
+    p.n_init = n_init;
+    p.n_local = n_local;
+    eng_err err = {{0}};
+    if (eng_pattern_build(&p, NULL, 0, NULL, 0, n, 8, ix, &err)) fail_msg("ashape: %s", err.msg);
+    assert_int_equal(eng_index_validate(ix, &err), 0);
+    assert_int_equal(ix->window, n_local);
+    assert_true(band_dropped(ix) > 0); /* the band matters for this case */
+}
+
+static void test_ashape_band_pool(void **state) {
+    (void)state;
+    for (size_t c = 0; c < sizeof ashape_cases / sizeof *ashape_cases; c++) {
+        int n = ashape_cases[c][0];
+        eng_head_index ix;
+        make_ashape(n, ashape_cases[c][1], ashape_cases[c][2], &ix);
+        uint64_t seed = 100 + c * 8;
+        for (int pool = 0; pool < 2; pool++) {
+            /* whole prompt zoomed out, lse computed and given */
+            eng_map_opts o = {0, n, 0, n, 37, 29, (eng_pool)pool, 0, 2};
+            check_case_ix(n, 8 + 4 * (int)c, o, (int)(c + pool) % 2, &ix, seed++);
+            /* a sub-window across the sink edge and the band edge, one token per pixel */
+            int q0 = n / 2, k0 = ashape_cases[c][1] > 5 ? ashape_cases[c][1] - 5 : 0;
+            eng_map_opts z = {q0, n, k0, n, n - k0, n - q0, (eng_pool)pool, 0, 1};
+            check_case_ix(n, 16, z, (int)(c + pool + 1) % 2, &ix, seed++);
+        }
+        eng_index_free(&ix);
+    }
+    /* a hand-made index (blocks at odd offsets, single columns) with a band: columns stay */
+    uint64_t s = 41;
+    test_index ti;
+    make_index(&ti, 333, &s);
+    ti.ix.sink = 17;
+    ti.ix.window = 45;
+    assert_true(band_dropped(&ti.ix) > 0);
+    eng_map_opts o = {0, 333, 0, 333, 41, 29, ENG_POOL_MEAN, 0, 2};
+    check_case_ix(333, 16, o, 0, &ti.ix, 42);
+    o.pool = ENG_POOL_MAX;
+    check_case_ix(333, 16, o, 1, &ti.ix, 43);
+}
+
+/* MEAN with the sparse row LSE computed: each row's computed probabilities sum to 1, so the
+ * pixels' value x area adds up to the number of query rows only if the map and its LSE pass
+ * agree on the (band-masked) entries. */
+static void test_ashape_band_mass(void **state) {
+    (void)state;
+    int n = 1000, d = 32, W = 50;
+    eng_head_index ix;
+    make_ashape(n, 90, 200, &ix);
+    uint64_t seed = 5;
+    float *q = malloc(sizeof(float) * (size_t)n * d), *k = malloc(sizeof(float) * (size_t)n * d);
+    float *out = malloc(sizeof(float) * W * W);
+    tu_fill(q, (size_t)n * d, &seed, 2.0f);
+    tu_fill(k, (size_t)n * d, &seed, 2.0f);
+    eng_err err = {{0}};
+    eng_map_opts o = {0, n, 0, n, W, W, ENG_POOL_MEAN, NAN, 2};
+    assert_int_equal(eng_map_pool(q, d, k, d, n, d, NULL, &ix, &o, out, &err), 0);
+    double mass = 0;
+    for (int y = 0; y < W; y++)
+        for (int x = 0; x < W; x++) {
+            int qa = edge(0, n, W, y), qb = edge(0, n, W, y + 1), ka = edge(0, n, W, x), kb = edge(0, n, W, x + 1);
+            if (isnan(out[y * W + x])) continue;
+            mass += (double)out[y * W + x] * (qb - qa) * (kb - ka);
+        }
+    assert_true(fabs(mass - n) < 1e-3 * n);
+    /* tiles wholly between the sinks and the window: nothing computed there */
+    int y = W - 1, x = (n / 2) * W / n;
+    assert_true(out[y * W + x] == 0.0f);
+    free(q), free(k), free(out);
+    eng_index_free(&ix);
+}
+
+/* The coverage mask of A-shape indexes against eng_index_covers, tile by tile. */
+static void test_ashape_band_mask(void **state) {
+    (void)state;
+    for (size_t c = 0; c < sizeof ashape_cases / sizeof *ashape_cases; c++) {
+        int n = ashape_cases[c][0];
+        eng_head_index ix;
+        make_ashape(n, ashape_cases[c][1], ashape_cases[c][2], &ix);
+        eng_map_opts opts[3] = {{0, n, 0, n, 23, 17, ENG_POOL_MAX, NAN, 0},
+                                {n / 3, n, 0, n, n, n - n / 3, ENG_POOL_MAX, NAN, 0},
+                                {n / 2, n - 3, 3, n - 10, 300, 200, ENG_POOL_MAX, NAN, 0}};
+        for (int v = 0; v < 3; v++) {
+            eng_map_opts o = opts[v];
+            float *out = malloc(sizeof(float) * o.w * o.h);
+            eng_err err = {{0}};
+            assert_int_equal(eng_map_index_mask(&ix, &o, out, &err), 0);
+            int nq = o.q1 - o.q0, nk = o.k1 - o.k0, gh = o.h < nq ? o.h : nq, gw = o.w < nk ? o.w : nk;
+            int zero = 0;
+            for (int yy = 0; yy < o.h; yy++)
+                for (int xx = 0; xx < o.w; xx++) {
+                    int gy = yy * gh / o.h, gx = xx * gw / o.w;
+                    int qa = edge(o.q0, o.q1, gh, gy), qb = edge(o.q0, o.q1, gh, gy + 1);
+                    int ka = edge(o.k0, o.k1, gw, gx), kb = edge(o.k0, o.k1, gw, gx + 1);
+                    long tot = 0, cov = 0;
+                    for (int t = qa; t < qb; t++)
+                        for (int j = ka; j < kb && j <= t; j++) { tot++; cov += covers(&ix, t, j); }
+                    float val = out[yy * o.w + xx];
+                    if (!tot) { assert_true(isnan(val)); continue; }
+                    if (!(fabs(val - (double)cov / tot) < 1e-6))
+                        fail_msg("ashape n=%d view %d pixel (%d,%d): mask %g, covers %ld/%ld", n, v, xx, yy, val, cov,
+                                 tot);
+                    zero += cov == 0;
+                }
+            if (v == 1) assert_true(zero > 0); /* 1:1 view: some single entries are band-dropped */
+            free(out);
+        }
+        eng_index_free(&ix);
+    }
+}
+
 static void test_bad_input(void **state) {
     (void)state;
     float q[64] = {0}, k[64] = {0}, out[4];
@@ -314,6 +446,9 @@ int main(void) {
         cmocka_unit_test(test_sparse_index),
         cmocka_unit_test(test_threads_agree),
         cmocka_unit_test(test_index_mask),
+        cmocka_unit_test(test_ashape_band_pool),
+        cmocka_unit_test(test_ashape_band_mass),
+        cmocka_unit_test(test_ashape_band_mask),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_long_context_planted_column),
     };

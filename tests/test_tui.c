@@ -569,27 +569,37 @@ static void test_prefill_cancel(void **state) {
     unlink(prompt);
 }
 
-/* The worker stops a long analysis prefill by cancelling it: stop returns 0 (thread joined,
- * session freed) well before the prefill could have finished. */
+/* The worker stops a long analysis prefill by cancelling it: on the sample model's full context
+ * (seconds of CPU work), a stop asked right after the first layer ends the prefill as cancelled,
+ * the session never becomes ready, and a second stop joins the thread and frees everything. */
 static void test_worker_stop_cancels(void **state) {
     (void)state;
-    if (!tiny_model()) skip();
-    char prompt[64];
-    assert_int_equal(write_prompt(prompt, sizeof prompt, 4000), 0);
-    eng_session_opts o = {.model_dir = tiny_model(), .prompt_path = prompt, .backend = "cpu"};
+    const char *model = "samples/models/byte-llama-11m", *prompt = "samples/prompts/haystack.txt";
+    if (access("samples/models/byte-llama-11m/config.json", R_OK) || access(prompt, R_OK)) skip();
+    eng_session_opts o = {.model_dir = model, .prompt_path = prompt, .backend = "cpu"};
     eng_session *s = NULL;
     eng_err err;
     if (eng_session_open(&s, &o, &err)) fail_msg("%s", err.msg);
+    assert_true(eng_session_n_tokens(s) >= 4096);
     tui_worker *w = NULL;
     if (tui_worker_start(&w, s, "/tmp", NULL, &err)) fail_msg("%s", err.msg);
     tui_status st;
-    for (int i = 0; i < 2000; i++) { /* wait until the prefill reports a layer */
+    for (int i = 0; i < 20000; i++) { /* wait until the prefill reports its first layer */
         tui_worker_status(w, &st);
         if (st.busy && st.total > 0) break;
         usleep(1000);
     }
-    assert_int_equal(tui_worker_stop(w, 20000), 0);
-    unlink(prompt);
+    assert_true(st.busy && st.total > 0);
+    assert_int_equal(tui_worker_stop(w, 0), 1); /* cancelled, still finishing its layer */
+    for (int i = 0; i < 30000; i++) {
+        tui_worker_status(w, &st);
+        if (!st.busy) break;
+        usleep(1000);
+    }
+    assert_false(st.busy);
+    assert_false(st.ready);
+    assert_non_null(strstr(st.msg, "cancelled"));
+    assert_int_equal(tui_worker_stop(w, -1), 0);
 }
 
 /* ---- the heatmap on a (virtual) curses screen ---- */
