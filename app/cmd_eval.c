@@ -411,6 +411,16 @@ static int ctx_open(eval_ctx *x, const eval_args *a) {
     return 0;
 }
 
+/* Width of the pattern-name column: the longest name, at least 12. */
+static int name_width(const eval_ctx *x) {
+    int w = 12;
+    for (int i = 0; i < x->n_items; i++) {
+        int l = (int)strlen(x->items[i].name) + 1;
+        w = l > w ? l : w;
+    }
+    return w;
+}
+
 static void print_header(const eval_ctx *x, const char *what) {
     printf("%s: %s (%s, %d layers, %.2fM params)\n", what, x->m->dir, x->m->cfg.arch_name, x->m->cfg.n_layers,
            (double)x->m->n_params / 1e6);
@@ -492,7 +502,8 @@ static int eval_passkey(int argc, char **argv) {
         }
 
     /* summary: pattern x length, accuracy over depths and trials */
-    printf("\naccuracy (%%, over %d depths x %d trials)\n%-12s", nd, a.trials, "pattern");
+    const int nw = name_width(&x);
+    printf("\naccuracy (%%, over %d depths x %d trials)\n%-*s", nd, a.trials, nw, "pattern");
     for (int li = 0; li < x.n_len; li++) printf(" %7d", x.lengths[li]);
     printf("    mean  budgets at %d tokens\n", x.lengths[x.n_len - 1]);
     double *mean = calloc((size_t)x.n_items, sizeof *mean);
@@ -501,7 +512,7 @@ static int eval_passkey(int argc, char **argv) {
         goto done;
     }
     for (int i = 0; i < x.n_items; i++) {
-        printf("%-12s", x.items[i].name);
+        printf("%-*s", nw, x.items[i].name);
         int ok = 0, tot = 0;
         for (int li = 0; li < x.n_len; li++) {
             int c = 0, t = 0;
@@ -649,11 +660,12 @@ static int eval_ppl(int argc, char **argv) {
             eng_eval_cfg_free(&cfg);
             progress(what, i * x.n_len + li + 1, x.n_items * x.n_len);
         }
-    printf("\nperplexity (windows scored)\n%-12s", "pattern");
+    const int nw = name_width(&x);
+    printf("\nperplexity (windows scored)\n%-*s", nw, "pattern");
     for (int li = 0; li < x.n_len; li++) printf(" %10d", x.lengths[li]);
     printf("\n");
     for (int i = 0; i < x.n_items; i++) {
-        printf("%-12s", x.items[i].name);
+        printf("%-*s", nw, x.items[i].name);
         for (int li = 0; li < x.n_len; li++) {
             const eng_ppl_cell *c = &cells[i * x.n_len + li];
             char s[32];

@@ -223,8 +223,8 @@ static void draw_footer(const tui_layout *l, const tui_state *s, const tui_statu
 static void heat_blit(const tui_rect *a, int y0, int w, int h, const float *v, const viz_term_opts *o) {
     viz_cellbuf b;
     eng_err err;
-    int rows = (h + 1) / 2;
-    if (w < 1 || h < 1 || viz_cellbuf_init(&b, w < a->w ? w : a->w, rows < a->y + a->h - y0 ? rows : a->y + a->h - y0, &err))
+    int rows = (h + 1) / 2, room = a->y + a->h - y0;
+    if (w < 1 || h < 1 || room < 1 || viz_cellbuf_init(&b, w < a->w ? w : a->w, rows < room ? rows : room, &err))
         return;
     viz_term_heat(&b, 0, 0, v, w, h, o);
     blit(&b, y0, a->x, b.cols, b.rows);

@@ -1,7 +1,7 @@
 /* tui_draw: paints one frame of the explorer with ncurses from the layout, the UI state, the
  * newest engine snapshot and the worker status. Drawing only: every number comes from the
- * snapshot. Colour: direct RGB where the terminal has it, 256 colours, else monochrome (ASCII
- * ramp), and monochrome always under --no-color. */
+ * snapshot. Heatmaps are rendered by viz_term (half blocks; direct RGB where the terminal has it,
+ * 256 colours, else its ASCII ramp, always under --no-color) and only put on screen here. */
 #ifndef TUI_DRAW_H
 #define TUI_DRAW_H
 

@@ -54,9 +54,8 @@ int tui_export_png(const eng_snapshot *snap, int overlay, const char *command, c
         goto done;
     }
     const eng_head_stat *hs = &snap->heads[(size_t)v->layer * snap->n_heads + v->head];
-    char pat[128], note[96];
+    char pat[128];
     eng_pattern_describe(&hs->pat, pat, sizeof pat);
-    snprintf(note, sizeof note, "recall %.3f  output error %.3g", (double)hs->recall, (double)hs->error);
     long long q1 = (long long)v->q0 + (long long)v->rows * v->tpp, k1 = (long long)v->k0 + (long long)v->cols * v->tpp;
     viz_mapfig mf = {.model = snap->model, .layer = v->layer, .head = v->head, .n_tokens = n, .values = vals,
                      .w = v->cols * up, .h = v->rows * up, .q0 = v->q0, .q1 = q1 < n ? (int)q1 : n, .k0 = v->k0,
@@ -71,7 +70,6 @@ int tui_export_png(const eng_snapshot *snap, int overlay, const char *command, c
         mf.slashes = snap->slash;
         mf.n_slashes = snap->n_slash;
         mf.block = ENG_BLOCK;
-        mf.note = note;
     }
     if (viz_mapfig_render(&mf, &cv, err) || viz_png_write(path, &cv, command, err)) goto done;
     if (w) *w = cv.w;

@@ -394,6 +394,20 @@ static void vs_dot_tile(const float *restrict q, const float *restrict kt, int d
     for (int jj = 0; jj < nk; jj++) out[jj] = acc[jj] * scale;
 }
 
+/* max of x[0..n) (n >= 1) in 8 lanes; a maximum does not depend on the order (the sign of a zero
+ * maximum may, which exp(x - max) cannot see). */
+static float row_max(const float *x, int n) {
+    float m8[8];
+    for (int l = 0; l < 8; l++) m8[l] = -INFINITY;
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++) m8[l] = x[j + l] > m8[l] ? x[j + l] : m8[l];
+    float mx = -INFINITY;
+    for (int l = 0; l < 8; l++) mx = m8[l] > mx ? m8[l] : mx;
+    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    return mx;
+}
+
 int eng_pattern_vs_lines(const eng_pattern *p, const float *q, int q_stride, const float *k, int k_stride, int n,
                          int d, int *vert, int *n_vert, int *slash, int *n_slash, eng_err *err) {
     if (!q || !k) return eng_err_set(err, "vs: needs Q and K");
@@ -433,9 +447,7 @@ int eng_pattern_vs_lines(const eng_pattern *p, const float *q, int q_stride, con
         for (int r = 0; r < rows; r++) {
             const int qi = n - last_q + g0 + r;
             float *ar = a + (size_t)r * n;
-            float mx = -INFINITY;
-            for (int j = 0; j <= qi; j++)
-                if (ar[j] > mx) mx = ar[j];
+            const float mx = row_max(ar, qi + 1);
             float sum = 0;
             for (int j = 0; j <= qi; j++) {
                 ar[j] = expf(ar[j] - mx);

@@ -1,8 +1,8 @@
 /* gpu_map: the GPU pooled attention map (kernels/krn_map.cu, reached through the CUDA backend's
  * map_pool) against the CPU reference eng_map_pool on fresh random inputs: odd N and N < 64,
  * d 64 and 128, MAX and MEAN, lse given (from eng_attn_*_head) and computed, dense and sparse
- * indexes (A-shape with its band mask, sink/window off the 64 grid, block-sparse, vertical-slash), whole views, windows, zoomed-in views
- * (w > keys) and NAN for empty tiles. Scores are bit-identical by construction; exp and summation
+ * indexes (A-shape with its band mask, sink and window off the 64 grid; block-sparse;
+ * vertical-slash), whole views, windows, zoomed-in views (w > keys) and NAN for empty tiles. Scores are bit-identical by construction; exp and summation
  * order differ, so: empty tiles at the same places, rel-L2 < 1e-4 and max |diff| <= 1e-4 * max. */
 #include "test_util.h"
 

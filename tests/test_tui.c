@@ -666,7 +666,8 @@ static void test_draw_heatmap(void **state) {
     memset(&st, 0, sizeof st);
 
     /* what viz_term makes of it: the TUI must show exactly these cells */
-    viz_term_opts to = {VIZ_CMAP_VIRIDIS, {VIZ_SCALE_LOG, snap.prob_max * 1e-4f, snap.prob_max, 0}, VIZ_TERM_256, cover};
+    viz_term_opts to = {VIZ_CMAP_VIRIDIS, {VIZ_SCALE_LOG, snap.prob_max * 1e-4f, snap.prob_max, 0}, VIZ_TERM_256,
+                        cover};
     viz_cellbuf ref;
     eng_err err;
     assert_int_equal(viz_cellbuf_init(&ref, l.map_px.w, l.map_px.h, &err), 0);
@@ -682,7 +683,9 @@ static void test_draw_heatmap(void **state) {
             wchar_t ch;
             int fg, bg;
             screen_cell(l.map_px.y + y, l.map_px.x + x, &ch, &fg, &bg);
-            wchar_t want = !strcmp(c->ch, "\xe2\x96\x80") ? 0x2580 : !strcmp(c->ch, "\xe2\x96\x84") ? 0x2584 : (wchar_t)c->ch[0];
+            wchar_t want = !strcmp(c->ch, "\xe2\x96\x80")   ? 0x2580
+                           : !strcmp(c->ch, "\xe2\x96\x84") ? 0x2584
+                                                             : (wchar_t)c->ch[0];
             assert_int_equal(ch, want);
             assert_int_equal(fg, c->flags & VIZ_CELL_FG_DEFAULT ? -1 : c->fg256);
             assert_int_equal(bg, c->flags & VIZ_CELL_BG_DEFAULT ? -1 : c->bg256);

@@ -1,6 +1,7 @@
 /* test_tui_e2e: the real explorer binary driven in tmux by tests/tui_e2e.sh (heads, pattern edit with
  * changing numbers, end to end, PNG export, help, teach, jump, resize, q and Ctrl-C with the terminal
- * restored); the exported PNG is then decoded with libpng here. Skips when tmux is missing. */
+ * restored, also during the prefill, which is cancelled); the exported PNG is then decoded with libpng
+ * here. Skips when tmux is missing. */
 #include "test_util.h"
 
 #include <png.h>

@@ -8,12 +8,10 @@ void viz_mapfig_titles(const viz_mapfig *m, char *title, size_t title_cap, char 
     const char *pool = m->mean ? "mean-pooled" : "max-pooled";
     snprintf(title, title_cap, "%.200s  layer %d head %d  (%d tokens)", m->model ? m->model : "", m->layer, m->head,
              m->n_tokens);
-    char note[200] = "";
-    if (m->note && *m->note) snprintf(note, sizeof note, "   %.190s", m->note);
     if (m->pattern)
-        snprintf(panel, panel_cap, "%s   index: %.100s, density %.3f%s", pool, m->pattern, m->density, note);
+        snprintf(panel, panel_cap, "%s   index: %.100s, density %.3f", pool, m->pattern, m->density);
     else
-        snprintf(panel, panel_cap, "%s softmax probability%s", pool, note);
+        snprintf(panel, panel_cap, "%s softmax probability", pool);
 }
 
 viz_scale viz_mapfig_scale(const viz_mapfig *m) {

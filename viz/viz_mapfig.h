@@ -28,7 +28,6 @@ typedef struct {
     const int *slashes;
     int n_slashes;
     int block;                  /* block grid every `block` tokens; 0 = none */
-    const char *note;           /* appended to the panel title; may be NULL */
     viz_cmap cmap;
     viz_scale_kind scale;
     float gamma;                /* power scale exponent (0: 0.5) */
