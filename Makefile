@@ -74,7 +74,7 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libattnscope.a tests/test_util.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(SAN) -Itests $< $(BUILD)/libattnscope.a -o $@ $(LDLIBS) -lcmocka
 
-test: deps $(BUILD)/attnscope $(TEST_BIN)
+test: deps $(BUILD)/attnscope $(TEST_BIN) backends
 	@tests/run.sh $(BUILD) $(TEST_BIN)
 
 test-gpu: deps $(BUILD)/attnscope $(GPU_BIN)

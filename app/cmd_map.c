@@ -12,6 +12,7 @@
 
 #include "cli.h"
 #include "eng_backend.h"
+#include "eng_dma.h"
 #include "eng_map.h"
 #include "eng_model.h"
 #include "eng_patcfg.h"
@@ -59,7 +60,7 @@ static void usage(FILE *f, map_mode m) {
                    "                      [--q A:B] [--k A:B] [--size WxH] [--pool ...] [--cmap ...] [--scale ...]\n"
                    "                      (--out F.png | --term) [--no-color]\n\n"
                    "Dense | sparse | |dense - sparse| for one head on one shared scale. The sparse panel shows\n"
-                   "the probabilities the head's index computes (renormalised over them, as the sparse kernel\n"
+                   "the probabilities the head's pattern computes (renormalised over them, as the sparse kernel\n"
                    "does); the third panel is the absolute difference of the two pooled maps.\n\n");
     fprintf(f, "  --model DIR        Hugging Face checkpoint directory (required)\n"
                "  --prompt FILE      prompt text (encoded with the model's tokenizer, BOS first)\n"
@@ -283,39 +284,51 @@ static int ctx_open(const map_args *a, map_ctx *c) {
 
 /* Head (l, h) pointers into the kept prefill tensors. */
 typedef struct {
-    const float *q, *k, *lse;
+    const float *q, *k, *v, *lse;
     int qs, ks, n, d;
 } head_view;
 
 static head_view head_at(const map_ctx *c, int l, int h) {
     const eng_prefill_out *o = &c->po;
     int H = o->n_heads, Hkv = o->n_kv_heads, d = o->head_dim, n = o->n;
-    head_view v = {o->q + (size_t)l * n * H * d + (size_t)h * d, o->k + (size_t)l * n * Hkv * d + (size_t)(h / (H / Hkv)) * d,
+    const size_t kv_off = (size_t)l * n * Hkv * d + (size_t)(h / (H / Hkv)) * d;
+    head_view v = {o->q + (size_t)l * n * H * d + (size_t)h * d, o->k + kv_off, o->v ? o->v + kv_off : NULL,
                    o->lse + ((size_t)l * H + h) * n, H * d, Hkv * d, n, d};
     return v;
 }
 
-static int pool_head(const char *cmd, eng_backend *be, const head_view *hv, const eng_head_index *ix,
-                     const eng_map_opts *mo, float *out) {
+/* The dense map of one head (the kept row LSE), on the backend's GPU map when it has one. */
+static int pool_head(const char *cmd, eng_backend *be, const head_view *hv, const eng_map_opts *mo, float *out) {
     eng_err err = {{0}};
-    /* with an index the sparse row LSE differs from the dense one: eng_map computes it; on the
-     * backend's GPU map when it has one */
-    if (eng_map_pool_on(be, hv->q, hv->qs, hv->k, hv->ks, hv->n, hv->d, ix ? NULL : hv->lse, ix, mo, out, &err)) {
+    if (eng_map_pool_on(be, hv->q, hv->qs, hv->k, hv->ks, hv->n, hv->d, hv->lse, NULL, mo, out, &err)) {
         cli_error(cmd, "%s", err.msg);
         return -1;
     }
     return 0;
 }
 
-static int build_index(const char *cmd, const map_ctx *c, const head_view *hv, int l, int h, eng_head_index *ix,
-                       const eng_pattern **pat) {
+/* The head's mask under its pattern (any kind: an index, DMA's thresholds or N:M's borrowed Q/K;
+ * eng_dma.h), for the overlay and the sparse panel. */
+static int build_mask(const char *cmd, const map_ctx *c, const head_view *hv, int l, int h, eng_head_mask *mk,
+                      const eng_pattern **pat) {
     eng_err err = {{0}};
     *pat = eng_pattern_cfg_get(&c->pc.cfg, l, h);
-    if (eng_pattern_build(*pat, hv->q, hv->qs, hv->k, hv->ks, hv->n, hv->d, ix, &err)) {
-        cli_error(cmd, "layer %d head %d: index: %s", l, h, err.msg);
+    if (!hv->v) {
+        cli_error(cmd, "prefill kept no V (needed for the head's mask)");
+        return -1;
+    }
+    if (eng_dma_mask_build(*pat, hv->q, hv->qs, hv->k, hv->v, hv->ks, hv->n, hv->d, mk, &err)) {
+        cli_error(cmd, "layer %d head %d: mask: %s", l, h, err.msg);
         return -1;
     }
     return 0;
+}
+
+/* Pattern text for titles; DMA and reshape are labelled as the training-free adaptations they are. */
+static void pattern_title(const eng_pattern *p, char *buf, int cap) {
+    int w = eng_pattern_describe(p, buf, cap);
+    if (w >= 0 && w < cap && (p->kind == ENG_PAT_DMA || (p->reshape && p->kind != ENG_PAT_DENSE)))
+        snprintf(buf + w, (size_t)(cap - w), " (training-free)");
 }
 
 static void term_size(int *cols, int *rows) {
@@ -381,9 +394,9 @@ static int run_figure(const map_args *a, map_ctx *c) {
     char (*ptitle)[160] = calloc((size_t)np, sizeof *ptitle);
     viz_span *sp = calloc((size_t)np, sizeof *sp);
     int *vert = NULL, *slash = NULL, nv = 0, ns = 0;
-    eng_head_index ix;
-    memset(&ix, 0, sizeof ix);
-    int have_ix = 0, rc = 1;
+    eng_head_mask mk;
+    memset(&mk, 0, sizeof mk);
+    int have_mk = 0, rc = 1;
     viz_canvas cv;
     memset(&cv, 0, sizeof cv);
     if (!vals || (a->mode == MODE_MAP && a->patterns && !comp) || !pn || !ptitle || !sp) {
@@ -398,13 +411,13 @@ static int run_figure(const map_args *a, map_ctx *c) {
     viz_mapfig mf = {0}; /* map mode: the figure shared with the explorer's export */
     if (a->mode == MODE_MAP) {
         head_view hv = head_at(c, l, a->head);
-        if (pool_head(cmd, c->be, &hv, NULL, &mo, vals)) goto done;
+        if (pool_head(cmd, c->be, &hv, &mo, vals)) goto done;
         double frac = 0;
         if (a->patterns) {
-            if (build_index(cmd, c, &hv, l, a->head, &ix, &p)) goto done;
-            have_ix = 1;
-            if (eng_map_index_mask(&ix, &mo, comp, &err)) { cli_error(cmd, "%s", err.msg); goto done; }
-            eng_pattern_describe(p, pat, sizeof pat);
+            if (build_mask(cmd, c, &hv, l, a->head, &mk, &p)) goto done;
+            have_mk = 1;
+            if (eng_map_mask_cover(&mk, &mo, comp, &err)) { cli_error(cmd, "%s", err.msg); goto done; }
+            pattern_title(p, pat, sizeof pat);
             if (p->kind == ENG_PAT_VS) {
                 vert = malloc(sizeof(int) * (size_t)n);
                 slash = malloc(sizeof(int) * (size_t)n);
@@ -414,7 +427,7 @@ static int run_figure(const map_args *a, map_ctx *c) {
                     goto done;
                 }
             }
-            frac = (double)eng_index_count(&ix) / ((double)n * (n + 1) / 2.0);
+            frac = (double)eng_dma_mask_count(&mk) / ((double)n * (n + 1) / 2.0);
         }
         mf = (viz_mapfig){.model = model_name(c), .layer = l, .head = a->head, .n_tokens = n, .values = vals,
                           .w = w, .h = h, .q0 = q0, .q1 = q1, .k0 = k0, .k1 = k1, .mean = a->pool == ENG_POOL_MEAN,
@@ -427,8 +440,8 @@ static int run_figure(const map_args *a, map_ctx *c) {
     } else if (a->mode == MODE_GRID) {
         for (int hh = 0; hh < H; hh++) {
             head_view hv = head_at(c, l, hh);
-            if (pool_head(cmd, c->be, &hv, NULL, &mo, vals + npx * hh)) goto done;
-            if (c->have_pc) eng_pattern_describe(eng_pattern_cfg_get(&c->pc.cfg, l, hh), pat, sizeof pat);
+            if (pool_head(cmd, c->be, &hv, &mo, vals + npx * hh)) goto done;
+            if (c->have_pc) pattern_title(eng_pattern_cfg_get(&c->pc.cfg, l, hh), pat, sizeof pat);
             else snprintf(pat, sizeof pat, "dense");
             snprintf(ptitle[hh], sizeof ptitle[hh], "head %d: %.100s", hh, pat);
             pn[hh] = (viz_panel){.values = vals + npx * hh, .w = w, .h = h, .q0 = q0, .q1 = q1, .k0 = k0, .k1 = k1,
@@ -438,16 +451,20 @@ static int run_figure(const map_args *a, map_ctx *c) {
                  pool_name(a->pool));
     } else {
         head_view hv = head_at(c, l, a->head);
-        if (pool_head(cmd, c->be, &hv, NULL, &mo, vals)) goto done;
-        if (build_index(cmd, c, &hv, l, a->head, &ix, &p)) goto done;
-        have_ix = 1;
-        if (pool_head(cmd, c->be, &hv, &ix, &mo, vals + npx)) goto done;
+        if (pool_head(cmd, c->be, &hv, &mo, vals)) goto done;
+        if (build_mask(cmd, c, &hv, l, a->head, &mk, &p)) goto done;
+        have_mk = 1;
+        /* the sparse panel: probabilities over the head's computed pairs, renormalised over them */
+        if (eng_map_pool_mask(c->be, hv.q, hv.qs, hv.k, hv.ks, hv.n, hv.d, &mk, &mo, vals + npx, &err)) {
+            cli_error(cmd, "%s", err.msg);
+            goto done;
+        }
         for (size_t i = 0; i < npx; i++) {
             float dv = vals[i], sv = vals[npx + i];
             vals[2 * npx + i] = isnan(dv) || isnan(sv) ? NAN : fabsf(dv - sv);
         }
-        eng_pattern_describe(p, pat, sizeof pat);
-        double frac = (double)eng_index_count(&ix) / ((double)n * (n + 1) / 2.0);
+        pattern_title(p, pat, sizeof pat);
+        double frac = (double)eng_dma_mask_count(&mk) / ((double)n * (n + 1) / 2.0);
         snprintf(ptitle[0], sizeof ptitle[0], "dense");
         snprintf(ptitle[1], sizeof ptitle[1], "sparse: %.100s (density %.3f)", pat, frac);
         snprintf(ptitle[2], sizeof ptitle[2], "|dense - sparse|");
@@ -483,7 +500,7 @@ static int run_figure(const map_args *a, map_ctx *c) {
     rc = 0;
 done:
     viz_canvas_free(&cv);
-    if (have_ix) eng_index_free(&ix);
+    if (have_mk) eng_dma_mask_free(&mk);
     free(vals);
     free(comp);
     free(pn);

@@ -496,24 +496,36 @@ static void draw_pattern(const tui_layout *l, const tui_state *s, const eng_snap
         put(r->y + 1, r->x + 1, r->w - 1, R_DIM, "available after the prefill");
         return;
     }
-    tui_field f[TUI_FIELD__COUNT];
-    int nf = tui_pattern_fields(p->kind, f);
-    for (int i = 0; i < nf && i + 1 < r->h; i++) {
+    /* rows: title, the fields (scrolled to keep the selection visible), the kind's label (which
+     * names training-free adaptations: DMA, reshape), the head's numbers, a hint */
+    const int nf = tui_pattern_nfields(p->kind), fr = tui_layout_pattern_rows(l);
+    const int first = tui_pattern_first_field(s->field, nf, fr);
+    int y = r->y + 1;
+    for (int i = first; i < nf && i < first + fr && y < r->y + r->h; i++, y++) {
         int sel = focus && s->field == i;
-        if (f[i] == TUI_FIELD_KIND)
-            put(r->y + 1 + i, r->x, r->w, sel ? R_SEL : R_NONE, "%s %-9s %s", sel ? ">" : " ", tui_field_name(f[i]),
-                eng_pattern_kind_name(p->kind));
-        else
-            put(r->y + 1 + i, r->x, r->w, sel ? R_SEL : R_NONE, "%s %-9s %d", sel ? ">" : " ", tui_field_name(f[i]),
-                tui_field_value(p, f[i]));
+        char v[48];
+        tui_field_text(p, i, v, sizeof v);
+        const char *more = i == first && first > 0 ? " ^" : i == first + fr - 1 && i + 1 < nf ? " v" : "";
+        put(y, r->x, r->w, sel ? R_SEL : R_NONE, "%s %-10s %s%s", sel ? ">" : " ", tui_field_name(p->kind, i), v,
+            more);
     }
-    int y = r->y + 1 + nf;
+    if (y < r->y + r->h) {
+        char lab[200];
+        snprintf(lab, sizeof lab, "  %s%s", eng_pattern_kind_label(p->kind),
+                 p->reshape && p->kind != ENG_PAT_DENSE ? " + Re-ttention-style reshape (training-free adaptation)" : "");
+        put(y++, r->x, r->w, R_DIM, "%s", lab);
+    }
     if (hs && y < r->y + r->h) {
-        char d[24], rc[24], e[24];
+        char d[24], rc[24], e[24], ep[24];
         fmt_num(hs->density, d, sizeof d);
         fmt_num(hs->recall, rc, sizeof rc);
         fmt_num(hs->error, e, sizeof e);
-        put(y++, r->x, r->w, R_NONE, "  dens %s rec %s err %s", d, rc, e);
+        if (!isnan(hs->error_plain)) {
+            fmt_num(hs->error_plain, ep, sizeof ep);
+            put(y++, r->x, r->w, R_NONE, "  dens %s rec %s err %s (no reshape %s)", d, rc, e, ep);
+        } else {
+            put(y++, r->x, r->w, R_NONE, "  dens %s rec %s err %s", d, rc, e);
+        }
     }
     if (y < r->y + r->h) put(y, r->x, r->w, R_DIM, "  score %g  p:cycle  Left/Right:edit", (double)p->score);
 }

@@ -6,7 +6,8 @@
 #define RIGHT_MIN_W 38  /* the pattern and compare panels need this much */
 #define MAP_MIN_W 40
 #define GUTTER_W 6      /* query positions left of the heatmap */
-#define PATTERN_H 6     /* title, kind, two parameters, head metrics, score */
+#define PATTERN_H 6     /* at least: title, three field rows (scrolling), label, head metrics */
+#define PATTERN_H_MAX 10 /* title, kind + DMA's five parameters, label, metrics, hint */
 #define COMPARE_H 11    /* title, header, time, index, 3 metrics, e2e title, 3 e2e rows */
 
 static int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
@@ -59,12 +60,15 @@ int tui_layout_compute(int cols, int rows, int n_layers, int n_heads, int n_kv_h
     }
 
     /* Right column, stacked top-down: overview, pattern, compare. */
-    int heads_h = clampi(1 + n_layers, 2, body_h - PATTERN_H - COMPARE_H);
+    /* the pattern panel grows (up to every field of the longest kind) where the overview keeps
+     * at least min(layers, 4) rows */
+    int pattern_h = clampi(body_h - COMPARE_H - (1 + (n_layers < 4 ? n_layers : 4)), PATTERN_H, PATTERN_H_MAX);
+    int heads_h = clampi(1 + n_layers, 2, body_h - pattern_h - COMPARE_H);
     l->heads = rect(rx, body_y, rw, heads_h);
     l->vis_layers = clampi(heads_h - 1, 1, n_layers);
     l->first_layer = clampi(sel_layer - l->vis_layers / 2, 0, n_layers - l->vis_layers);
-    l->pattern = rect(rx, body_y + heads_h, rw, PATTERN_H);
-    l->compare = rect(rx, body_y + heads_h + PATTERN_H, rw, body_h - heads_h - PATTERN_H);
+    l->pattern = rect(rx, body_y + heads_h, rw, pattern_h);
+    l->compare = rect(rx, body_y + heads_h + pattern_h, rw, body_h - heads_h - pattern_h);
 
     /* Map: everything left of the right column, one blank column between. */
     l->map = rect(0, body_y, rx - 1, body_h);
@@ -72,6 +76,10 @@ int tui_layout_compute(int cols, int rows, int n_layers, int n_heads, int n_kv_h
     l->map_px_w = l->map_px.w;
     l->map_px_h = 2 * l->map_px.h;
     return 0;
+}
+
+int tui_layout_pattern_rows(const tui_layout *l) {
+    return l->pattern.h - 3 > 1 ? l->pattern.h - 3 : 1; /* less the title, label and metrics rows */
 }
 
 int tui_layout_head_x(const tui_layout *l, int h) {
@@ -108,6 +116,7 @@ tui_hit tui_layout_hit(const tui_layout *l, int x, int y) {
     } else if (inside(&l->pattern, x, y)) {
         hit.kind = TUI_HIT_PATTERN;
         hit.row = y - l->pattern.y;
+        hit.rows = tui_layout_pattern_rows(l);
     } else if (inside(&l->compare, x, y)) {
         hit.kind = TUI_HIT_COMPARE;
         hit.row = y - l->compare.y;

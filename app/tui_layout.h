@@ -53,7 +53,12 @@ typedef struct {
     int layer, head;
     int px, py;
     int row;
+    int rows;            /* TUI_HIT_PATTERN: field rows the panel shows (tui_layout_pattern_rows) */
 } tui_hit;
+
+/* Field rows of the pattern panel (below its title; the label and metrics rows follow them):
+ * a kind with more fields scrolls them (tui_pattern_first_field). */
+int tui_layout_pattern_rows(const tui_layout *l);
 
 /* What is under screen cell (x, y). */
 tui_hit tui_layout_hit(const tui_layout *l, int x, int y);

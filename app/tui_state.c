@@ -2,6 +2,8 @@
 #include "tui_state.h"
 
 #include <curses.h>
+#include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,60 +30,78 @@ const char *tui_teach_step_name(int step) {
     return step >= 0 && step < TUI_TEACH_STEPS ? names[step] : "?";
 }
 
-const char *tui_field_name(tui_field f) {
-    switch (f) {
-    case TUI_FIELD_KIND: return "pattern";
-    case TUI_FIELD_N_INIT: return "n_init";
-    case TUI_FIELD_N_LOCAL: return "n_local";
-    case TUI_FIELD_VERTICAL: return "vertical";
-    case TUI_FIELD_SLASH: return "slash";
-    case TUI_FIELD_TOPK: return "top-k";
-    default: return "?";
-    }
+/* The parameter behind field f of kind k (NULL for the kind field or out of range). */
+static const eng_pat_param *field_param(eng_pat_kind k, tui_field f) {
+    int np;
+    const eng_pat_param *par = eng_pattern_params(k, &np);
+    return f >= 1 && f <= np ? &par[f - 1] : NULL;
 }
 
-int tui_pattern_fields(eng_pat_kind k, tui_field *out) {
-    int n = 0;
-    out[n++] = TUI_FIELD_KIND;
-    switch (k) {
-    case ENG_PAT_ASHAPE: out[n++] = TUI_FIELD_N_INIT; out[n++] = TUI_FIELD_N_LOCAL; break;
-    case ENG_PAT_VS: out[n++] = TUI_FIELD_VERTICAL; out[n++] = TUI_FIELD_SLASH; break;
-    case ENG_PAT_BS: out[n++] = TUI_FIELD_TOPK; break;
-    default: break;
-    }
-    return n;
+static int is_field(const eng_pat_param *par, size_t offset) { return par && par->offset == (int)offset; }
+
+int tui_pattern_nfields(eng_pat_kind k) {
+    int np;
+    eng_pattern_params(k, &np);
+    return 1 + np < TUI_FIELDS_MAX ? 1 + np : TUI_FIELDS_MAX;
 }
 
-int tui_field_value(const eng_pattern *p, tui_field f) {
-    switch (f) {
-    case TUI_FIELD_KIND: return (int)p->kind;
-    case TUI_FIELD_N_INIT: return p->n_init;
-    case TUI_FIELD_N_LOCAL: return p->n_local;
-    case TUI_FIELD_VERTICAL: return p->vertical;
-    case TUI_FIELD_SLASH: return p->slash;
-    case TUI_FIELD_TOPK: return p->topk;
-    default: return 0;
-    }
+int tui_pattern_first_field(int field, int nf, int rows) {
+    if (rows < 1) rows = 1;
+    if (nf <= rows || field < rows) return 0;
+    return clampi(field - rows + 1, 0, nf - rows);
 }
 
-/* Limits of each parameter for an n-token prompt (the pattern code clamps VS budgets to >= 30
- * vertical / >= 50 slash lines, so smaller values would not change anything). */
-static void field_limits(tui_field f, int n, int *lo, int *hi) {
-    int n_rb = (n + 63) / 64;
-    switch (f) {
-    case TUI_FIELD_N_INIT: *lo = 0; *hi = n; break;
-    case TUI_FIELD_N_LOCAL: *lo = 1; *hi = n; break;
-    case TUI_FIELD_VERTICAL: *lo = 30; *hi = n > 30 ? n : 30; break;
-    case TUI_FIELD_SLASH: *lo = 50; *hi = n > 50 ? n : 50; break;
-    case TUI_FIELD_TOPK: *lo = 1; *hi = n_rb > 1 ? n_rb : 1; break;
-    default: *lo = 0; *hi = 0; break;
+const char *tui_field_name(eng_pat_kind k, tui_field f) {
+    if (f == TUI_FIELD_KIND) return "pattern";
+    const eng_pat_param *par = field_param(k, f);
+    return par ? par->name : "?";
+}
+
+void tui_field_text(const eng_pattern *p, tui_field f, char *buf, int cap) {
+    if (f == TUI_FIELD_KIND) {
+        snprintf(buf, (size_t)cap, "%s", eng_pattern_kind_name(p->kind));
+        return;
     }
+    const eng_pat_param *par = field_param(p->kind, f);
+    if (!par) {
+        snprintf(buf, (size_t)cap, "?");
+        return;
+    }
+    double v = eng_pattern_param_get(p, par);
+    if (is_field(par, offsetof(eng_pattern, reshape))) snprintf(buf, (size_t)cap, "%s", v != 0 ? "on" : "off");
+    else if (is_field(par, offsetof(eng_pattern, key_score))) snprintf(buf, (size_t)cap, "%s", v != 0 ? "vs score" : "norm(v)");
+    else if (par->is_float) snprintf(buf, (size_t)cap, "%.2f", v);
+    else snprintf(buf, (size_t)cap, "%d", (int)v);
+}
+
+/* Limits of an integer parameter for an n-token prompt: the table's range, a builder floor above 1
+ * (VS clamps to >= 30 vertical / >= 50 slash lines, so smaller values change nothing), counts of
+ * tokens at most n, BS blocks at most the row blocks. */
+static void param_limits(const eng_pat_param *par, int n, int *lo, int *hi) {
+    double l = par->lo, h = par->hi;
+    if (par->budget && par->budget_min > 1 && par->budget_min > l) l = par->budget_min;
+    if (par->budget) {
+        double cap = is_field(par, offsetof(eng_pattern, topk)) ? (n + 63) / 64 : n;
+        if (cap < h) h = cap;
+    }
+    if (h < l) h = l;
+    *lo = (int)l;
+    *hi = (int)h;
+}
+
+/* A budget's default for n tokens: the table's default scaled by n / 32768 (the length upstream
+ * budgets refer to; MInference's search prompt), at least the builder floor and 1. */
+static double sized_default(const eng_pat_param *par, int n) {
+    if (!par->budget || n >= 32768) return par->def;
+    double v = floor(par->def * (double)n / 32768.0 + 0.5);
+    double lo = par->budget_min > 1 ? par->budget_min : 1;
+    return v < lo ? lo : v;
 }
 
 void tui_pattern_cycle(eng_pattern *p, int n) {
     p->kind = (eng_pat_kind)(((int)p->kind + 1) % (int)ENG_PAT__COUNT);
-    /* Defaults of roughly a quarter of the causal entries at n tokens, so a cycle shows a real
-     * sparse pattern rather than one that keeps everything. */
+    /* Defaults of roughly a quarter of the causal entries at n tokens for the MInference kinds, so
+     * a cycle shows a real sparse pattern rather than one that keeps everything. */
     int q = n / 8 > 16 ? n / 8 : 16;
     if (p->kind == ENG_PAT_ASHAPE) {
         if (p->n_init <= 0) p->n_init = 64 < n ? 64 : n;
@@ -92,6 +112,24 @@ void tui_pattern_cycle(eng_pattern *p, int n) {
     } else if (p->kind == ENG_PAT_BS) {
         int n_rb = (n + 63) / 64;
         if (p->topk <= 0) p->topk = n_rb / 4 > 1 ? n_rb / 4 : 1;
+    } else if (p->kind == ENG_PAT_DENSE) {
+        p->reshape = 0;
+    }
+    /* every other parameter of the new kind that is unset or out of range: the kind's default */
+    int np;
+    const eng_pat_param *par = eng_pattern_params(p->kind, &np);
+    for (int i = 0; i < np; i++) {
+        double v = eng_pattern_param_get(p, &par[i]);
+        int unset = !(v >= par[i].lo && v <= par[i].hi) || (v == 0 && par[i].def != 0);
+        if (unset) eng_pattern_param_set(p, &par[i], sized_default(&par[i], n));
+    }
+    eng_err err;
+    if (eng_pattern_validate(p, &err)) { /* cross-field rules (N:M n <= m, stride | 128): defaults */
+        int reshape = p->reshape;
+        float score = p->score;
+        *p = eng_pattern_make(p->kind);
+        p->reshape = p->kind == ENG_PAT_DENSE ? 0 : reshape;
+        p->score = score;
     }
 }
 
@@ -104,16 +142,33 @@ void tui_pattern_step(eng_pattern *p, tui_field f, int dir, int n) {
         }
         return;
     }
-    int *v = f == TUI_FIELD_N_INIT ? &p->n_init : f == TUI_FIELD_N_LOCAL ? &p->n_local
-           : f == TUI_FIELD_VERTICAL ? &p->vertical : f == TUI_FIELD_SLASH ? &p->slash
-           : f == TUI_FIELD_TOPK ? &p->topk : NULL;
-    if (!v) return;
-    int lo, hi;
-    field_limits(f, n, &lo, &hi);
-    /* about 25% per step up and 20% down (so up then down returns close to the start) */
-    int step = dir > 0 ? *v / 4 : *v / 5;
-    if (step < 1) step = 1;
-    *v = clampi(*v + (dir > 0 ? step : -step), lo, hi);
+    const eng_pat_param *par = field_param(p->kind, f);
+    if (!par) return;
+    double v = eng_pattern_param_get(p, par);
+    if (par->is_float) { /* fractions: 0.05 steps, kept on the 0.05 grid */
+        double nv = floor(v * 20.0 + 0.5) / 20.0 + (dir > 0 ? 0.05 : -0.05);
+        nv = nv < par->lo ? par->lo : nv > par->hi ? par->hi : nv;
+        eng_pattern_param_set(p, par, nv);
+        return;
+    }
+    int lo, hi, iv = (int)v;
+    param_limits(par, n, &lo, &hi);
+    if (is_field(par, offsetof(eng_pattern, stride))) { /* must divide 128: powers of two */
+        iv = dir > 0 ? iv * 2 : iv / 2;
+        if (iv < 1) iv = 1;
+        if (iv > 128) iv = 128;
+        if (128 % iv) iv = 8;
+    } else if (!par->budget) { /* flags, key score, N:M n and m: one at a time */
+        iv = clampi(iv + (dir > 0 ? 1 : -1), lo, hi);
+        if (p->kind == ENG_PAT_NM && is_field(par, offsetof(eng_pattern, nm_n)) && iv > p->nm_m) iv = p->nm_m;
+        if (p->kind == ENG_PAT_NM && is_field(par, offsetof(eng_pattern, nm_m)) && iv < p->nm_n) iv = p->nm_n;
+    } else {
+        /* about 25% per step up and 20% down (so up then down returns close to the start) */
+        int step = dir > 0 ? iv / 4 : iv / 5;
+        if (step < 1) step = 1;
+        iv = clampi(iv + (dir > 0 ? step : -step), lo, hi);
+    }
+    eng_pattern_param_set(p, par, iv);
 }
 
 /* ---- viewport ---- */
@@ -231,16 +286,13 @@ static void edit_pattern(tui_state *s, const eng_pattern *cur, int cycle, int di
         return;
     }
     eng_pattern p = *base;
-    tui_field fields[TUI_FIELD__COUNT];
     if (cycle) {
         tui_pattern_cycle(&p, s->n_tokens);
     } else {
-        int nf = tui_pattern_fields(p.kind, fields);
-        s->field = clampi(s->field, 0, nf - 1);
-        tui_pattern_step(&p, fields[s->field], dir, s->n_tokens);
+        s->field = clampi(s->field, 0, tui_pattern_nfields(p.kind) - 1);
+        tui_pattern_step(&p, s->field, dir, s->n_tokens);
     }
-    int nf = tui_pattern_fields(p.kind, fields);
-    s->field = clampi(s->field, 0, nf - 1);
+    s->field = clampi(s->field, 0, tui_pattern_nfields(p.kind) - 1);
     if (!memcmp(&p, base, sizeof p)) return; /* at a limit: nothing to re-run */
     s->edit = p;
     s->edit_valid = 1;
@@ -314,9 +366,8 @@ static void jump_key(tui_state *s, int key, tui_cmd *cmd) {
 }
 
 void tui_state_action(tui_state *s, tui_action a, const eng_pattern *cur, tui_cmd *cmd) {
-    tui_field fields[TUI_FIELD__COUNT];
     const eng_pattern *p = tui_state_pattern(s, cur);
-    int nf = p ? tui_pattern_fields(p->kind, fields) : 1;
+    int nf = p ? tui_pattern_nfields(p->kind) : 1;
     switch (a) {
     case TUI_ACT_QUIT: s->quit = 1; break;
     case TUI_ACT_HELP: s->help = !s->help; break;
@@ -402,9 +453,11 @@ void tui_state_click(tui_state *s, const tui_hit *hit, const eng_pattern *cur, t
     case TUI_HIT_PATTERN: {
         s->focus = TUI_FOCUS_PATTERN;
         const eng_pattern *p = tui_state_pattern(s, cur);
-        tui_field fields[TUI_FIELD__COUNT];
-        int nf = p ? tui_pattern_fields(p->kind, fields) : 1;
-        if (hit->row >= 1 && hit->row <= nf) s->field = hit->row - 1; /* row 0 is the title */
+        int nf = p ? tui_pattern_nfields(p->kind) : 1;
+        int rows = hit->rows > 0 ? hit->rows : nf; /* field rows shown (scrolling when fewer) */
+        int first = tui_pattern_first_field(s->field, nf, rows);
+        if (hit->row >= 1 && hit->row <= nf - first && hit->row <= rows)
+            s->field = first + hit->row - 1; /* row 0 is the title */
         break;
     }
     default: break;

@@ -11,16 +11,13 @@
 
 typedef enum { TUI_FOCUS_HEADS = 0, TUI_FOCUS_MAP, TUI_FOCUS_PATTERN, TUI_FOCUS__COUNT } tui_focus;
 typedef enum { TUI_METRIC_DENSITY = 0, TUI_METRIC_RECALL, TUI_METRIC_ERROR, TUI_METRIC__COUNT } tui_metric;
-/* Editable pattern fields; which ones a pattern shows depends on its kind (tui_pattern_fields). */
-typedef enum {
-    TUI_FIELD_KIND = 0,
-    TUI_FIELD_N_INIT,
-    TUI_FIELD_N_LOCAL,
-    TUI_FIELD_VERTICAL,
-    TUI_FIELD_SLASH,
-    TUI_FIELD_TOPK,
-    TUI_FIELD__COUNT
-} tui_field;
+/* Editable pattern fields, table-driven: field 0 is the kind, field i >= 1 is parameter i - 1 of
+ * the kind's table (eng_pattern_params: A-shape n_init/n_local, VS vertical/slash, BS topk,
+ * XAttention stride/threshold, FlexPrefill gamma/tau/min_budget, DMA keep/n_init/n_local/key_score,
+ * N:M n/m, and reshape on every sparse kind), so a new kind's parameters appear with no change here. */
+typedef int tui_field;
+#define TUI_FIELD_KIND 0
+#define TUI_FIELDS_MAX 12 /* kind + the longest parameter table (DMA: 5) with room to grow */
 
 #define TUI_TEACH_STEPS 5 /* estimate, vertical scores, slash scores, top-k lines, merged index */
 
@@ -77,14 +74,23 @@ eng_view tui_state_view(const tui_state *s);
 /* The pattern to show for the selected head: the pending edit, else cur (may be NULL). */
 const eng_pattern *tui_state_pattern(const tui_state *s, const eng_pattern *cur);
 
-/* Fields shown for a pattern kind, in order (always TUI_FIELD_KIND first). Returns the count. */
-int tui_pattern_fields(eng_pat_kind k, tui_field *out);
-const char *tui_field_name(tui_field f);
-int tui_field_value(const eng_pattern *p, tui_field f);
-/* The next pattern kind in the cycle dense -> A-shape -> vertical-slash -> block-sparse -> dense;
- * parameters that are unset get defaults sized for n tokens. */
+/* Fields shown for a pattern kind: 1 + its parameter count (at most TUI_FIELDS_MAX). */
+int tui_pattern_nfields(eng_pat_kind k);
+/* The first field a panel of `rows` field rows shows so that `field` (of nf) is visible. */
+int tui_pattern_first_field(int field, int nf, int rows);
+/* "pattern", or the parameter's name ("vertical", "threshold", "reshape", ...). */
+const char *tui_field_name(eng_pat_kind k, tui_field f);
+/* The field's value as text: the kind's name, an integer, a float ("0.90"), "on"/"off" for reshape,
+ * "norm(v)"/"vs" for DMA's key score. */
+void tui_field_text(const eng_pattern *p, tui_field f, char *buf, int cap);
+/* The next kind in the cycle dense -> A-shape -> VS -> BS -> XAttention -> FlexPrefill -> DMA ->
+ * N:M -> dense. Parameters the new kind does not have set (0 or outside their range) take
+ * eng_pattern_make's defaults, budgets sized for an n-token prompt; the result always passes
+ * eng_pattern_validate. Reshape is kept across sparse kinds and cleared for dense. */
 void tui_pattern_cycle(eng_pattern *p, int n);
-/* Step field f of p up (dir > 0) or down by a step that grows with the value, within its limits. */
+/* Step field f of p up (dir > 0) or down: counts by ~25% / 20% within their limits for n tokens,
+ * fractions by 0.05, XAttention's stride by powers of two, flags and small ranges by 1 (N:M keeps
+ * n <= m). The result passes eng_pattern_validate. */
 void tui_pattern_step(eng_pattern *p, tui_field f, int dir, int n);
 
 const char *tui_metric_name(tui_metric m);

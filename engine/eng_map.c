@@ -8,6 +8,7 @@
 #include "eng_map.h"
 
 #include "eng_backend.h"
+#include "eng_dma.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -134,6 +135,7 @@ typedef struct {
     const float *q, *k, *lse_in;
     int q_stride, k_stride, n, d;
     const eng_head_index *ix;
+    const eng_head_mask *mk;  /* per-row mask (DMA, N:M) instead of ix, or NULL */
     eng_map_opts o;
     float scale;
     /* derived */
@@ -242,7 +244,18 @@ typedef struct {
     float *lse;      /* [rows of unit] */
     float *m, *l;    /* online softmax state, [rows of unit] */
     int bias_rb, bias_chunk, band_row; /* what bias / bband hold (-1: nothing) */
+    unsigned char *keepg; /* mask path: [RG][n] computed keys of the rows of the current group */
+    int keep_g0;          /* first row keepg holds (-1: nothing) */
 } worker_buf;
+
+/* Mask path: the computed keys of rows [g0, g0 + RG) (those < n) into keepg, one
+ * eng_dma_mask_row per row and group, so a row's mask is made once per pass, not per chunk. */
+static void load_keep(const map_job *J, worker_buf *B, int g0) {
+    if (!J->mk || B->keep_g0 == g0) return;
+    for (int r = 0; r < RG && g0 + r < J->n; r++)
+        if (g0 + r >= 0) eng_dma_mask_row(J->mk, g0 + r, B->keepg + (size_t)r * (size_t)J->n);
+    B->keep_g0 = g0;
+}
 
 /* Scaled query rows [g0, g0 + RG) into qg (rows outside [0, n) are zero). */
 static void load_group(const map_job *J, int g0, float *qg) {
@@ -278,6 +291,13 @@ static void group_scores(const map_job *J, worker_buf *B, int g0, int g1, int ks
 /* The bias of query row `row` over the chunk at ks: row block's bias, band-masked per row when
  * the index has a band that cuts into this chunk for this row. NULL without an index. */
 static const float *get_bias(const map_job *J, worker_buf *B, int row, int ks) {
+    if (J->mk) { /* per-row mask: keys [ks, row] of the chunk from the group's keep rows */
+        const unsigned char *kr = B->keepg + (size_t)(row - B->keep_g0) * (size_t)J->n;
+        int len = row + 1 - ks < CHUNK ? row + 1 - ks : CHUNK;
+        for (int j = 0; j < CHUNK; j++) B->bband[j] = j < len && kr[ks + j] ? 0.0f : -INFINITY;
+        B->band_row = -1;
+        return B->bband;
+    }
     if (!J->ix) return NULL;
     int rb = row / ENG_BLOCK;
     if (rb != B->bias_rb || ks != B->bias_chunk) {
@@ -305,6 +325,7 @@ static void unit_lse(const map_job *J, worker_buf *B, int ra, int rb) {
         int g1 = g0 + RG < rb ? g0 + RG : rb;
         g1 = (g1 + MR - 1) / MR * MR;
         load_group(J, g0, B->qg);
+        load_keep(J, B, g0);
         for (int ks = J->kt0; ks < g1 && ks < rb; ks += CHUNK) {
             int khi = ks + CHUNK < rb ? ks + CHUNK : rb;
             if (khi > g1) khi = g1;
@@ -344,6 +365,7 @@ static void unit_pool(const map_job *J, worker_buf *B, int ya, int yb) {
         if (kend > rb) kend = rb;
         if (J->o.k0 >= kend) continue;
         load_group(J, g0, B->qg);
+        load_keep(J, B, g0);
         for (int ks = J->kt0 + (J->o.k0 - J->kt0) / CHUNK * CHUNK; ks < kend; ks += CHUNK) {
             int khi = ks + CHUNK < kend ? ks + CHUNK : kend;
             int klo = ks > J->o.k0 ? ks : J->o.k0;
@@ -423,7 +445,9 @@ static void *worker(void *arg) {
     B.bias_rb = -1;
     B.bias_chunk = -1;
     B.band_row = -1;
-    int ok = B.qg && B.S && B.tmp && B.bias && B.blk && B.bband && B.acc && B.lse && B.m && B.l;
+    B.keep_g0 = -1;
+    if (J->mk) B.keepg = malloc((size_t)RG * (size_t)J->n);
+    int ok = B.qg && B.S && B.tmp && B.bias && B.blk && B.bband && B.acc && B.lse && B.m && B.l && (!J->mk || B.keepg);
     for (;;) {
         pthread_mutex_lock(&J->mu);
         if (!ok) J->failed = 1;
@@ -444,6 +468,7 @@ static void *worker(void *arg) {
     free(B.lse);
     free(B.m);
     free(B.l);
+    free(B.keepg);
     return NULL;
 }
 
@@ -505,16 +530,20 @@ static void job_free(map_job *J) {
     free(J->kp);
 }
 
-int eng_map_pool(const float *q, int q_stride, const float *k, int k_stride, int n, int d, const float *lse,
-                 const eng_head_index *ix, const eng_map_opts *opts, float *out, eng_err *err) {
+/* eng_map_pool over the pairs of ix (or of the per-row mask mk; at most one of them). */
+static int pool_run(const float *q, int q_stride, const float *k, int k_stride, int n, int d, const float *lse,
+                    const eng_head_index *ix, const eng_head_mask *mk, const eng_map_opts *opts, float *out,
+                    eng_err *err) {
     if (!q || !k || !out) return eng_err_set(err, "map: missing Q, K or output");
     if (n < 1 || d < 1 || q_stride < d || k_stride < d)
         return eng_err_set(err, "map: bad shape n=%d d=%d q_stride=%d k_stride=%d", n, d, q_stride, k_stride);
     if (check_opts(opts, n, err) || check_index(ix, n, err)) return -1;
+    if (mk && mk->n != n) return eng_err_set(err, "map: mask is for %d tokens, the map for %d", mk->n, n);
     map_job J;
     memset(&J, 0, sizeof J);
     J.q = q; J.k = k; J.lse_in = lse; J.q_stride = q_stride; J.k_stride = k_stride; J.n = n; J.d = d;
     J.ix = ix;
+    J.mk = mk;
     J.o = *opts;
     J.scale = 1.0f / sqrtf((float)d);
     int rc = -1;
@@ -556,6 +585,18 @@ int eng_map_pool(const float *q, int q_stride, const float *k, int k_stride, int
 done:
     job_free(&J);
     return rc;
+}
+
+int eng_map_pool(const float *q, int q_stride, const float *k, int k_stride, int n, int d, const float *lse,
+                 const eng_head_index *ix, const eng_map_opts *opts, float *out, eng_err *err) {
+    return pool_run(q, q_stride, k, k_stride, n, d, lse, ix, NULL, opts, out, err);
+}
+
+int eng_map_pool_mask(struct eng_backend *be, const float *q, int q_stride, const float *k, int k_stride, int n,
+                      int d, const eng_head_mask *m, const eng_map_opts *opts, float *out, eng_err *err) {
+    if (!m) return eng_err_set(err, "map: missing mask");
+    if (m->kind == ENG_MASK_INDEX) return eng_map_pool_on(be, q, q_stride, k, k_stride, n, d, NULL, &m->ix, opts, out, err);
+    return pool_run(q, q_stride, k, k_stride, n, d, NULL, NULL, m, opts, out, err);
 }
 
 int eng_map_pool_on(struct eng_backend *be, const float *q, int q_stride, const float *k, int k_stride, int n, int d,
@@ -622,6 +663,47 @@ int eng_map_index_mask(const eng_head_index *ix, const eng_map_opts *opts, float
 out:
     free(done);
     free(total);
+    job_free(&J);
+    return rc;
+}
+
+int eng_map_mask_cover(const eng_head_mask *m, const eng_map_opts *opts, float *out, eng_err *err) {
+    if (!m || !out) return eng_err_set(err, "map mask: missing mask or output");
+    if (m->kind == ENG_MASK_INDEX) return eng_map_index_mask(&m->ix, opts, out, err);
+    if (check_opts(opts, m->n, err)) return -1;
+    map_job J;
+    memset(&J, 0, sizeof J);
+    J.o = *opts;
+    J.n = m->n;
+    int rc = -1;
+    double *done = NULL, *total = NULL;
+    unsigned char *keep = NULL;
+    if (grid_setup(&J, err)) goto out;
+    done = calloc((size_t)J.gw, sizeof *done);
+    total = calloc((size_t)J.gw, sizeof *total);
+    keep = malloc((size_t)m->n);
+    if (!done || !total || !keep) { eng_err_set(err, "map mask: out of memory"); goto out; }
+    int k0 = opts->k0, k1 = opts->k1;
+    for (int y = 0; y < J.gh; y++) {
+        memset(done, 0, sizeof *done * (size_t)J.gw);
+        memset(total, 0, sizeof *total * (size_t)J.gw);
+        for (int t = J.row_edge[y]; t < J.row_edge[y + 1]; t++) {
+            int kc = k1 < t + 1 ? k1 : t + 1; /* causal keys of row t inside the range: [k0, kc) */
+            if (kc <= k0) continue;
+            add_interval(&J, k0, kc, total);
+            eng_dma_mask_row(m, t, keep);
+            for (int kk = k0; kk < kc; kk++)
+                if (keep[kk]) done[J.col_of[kk - k0]] += 1.0;
+        }
+        float *g = J.grid + (size_t)y * (size_t)J.gw;
+        for (int x = 0; x < J.gw; x++) g[x] = total[x] > 0 ? (float)(done[x] / total[x]) : opts->empty;
+    }
+    grid_expand(&J, out);
+    rc = 0;
+out:
+    free(done);
+    free(total);
+    free(keep);
     job_free(&J);
     return rc;
 }

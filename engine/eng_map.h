@@ -19,6 +19,7 @@
 #ifndef ENG_MAP_H
 #define ENG_MAP_H
 
+#include "eng_dma.h"
 #include "eng_err.h"
 #include "eng_index.h"
 
@@ -53,6 +54,15 @@ int eng_map_pool_on(struct eng_backend *be, const float *q, int q_stride, const 
  * a tile has no causal entry. Same tiles as eng_map_pool (pool and threads ignored).
  * O(n * (blocks + columns) + w*h), no N x N. */
 int eng_map_index_mask(const eng_head_index *ix, const eng_map_opts *opts, float *out, eng_err *err);
+
+/* Any pattern's head mask (eng_dma.h: index, DMA, N:M), for the sparse views of every kind:
+ * eng_map_pool_mask = eng_map_pool restricted to the pairs eng_dma_mask_covers accepts (row LSE over
+ * those pairs, computed here); index masks go to eng_map_pool_on (be's GPU map when it has one),
+ * DMA and N:M masks run on the CPU (each query row's keys from eng_dma_mask_row: O(n) per row for
+ * DMA, O(n * d) for N:M). eng_map_mask_cover = eng_map_index_mask for any mask (same tiles). */
+int eng_map_pool_mask(struct eng_backend *be, const float *q, int q_stride, const float *k, int k_stride, int n,
+                      int d, const eng_head_mask *m, const eng_map_opts *opts, float *out, eng_err *err);
+int eng_map_mask_cover(const eng_head_mask *m, const eng_map_opts *opts, float *out, eng_err *err);
 
 /* Tile edges used by both functions: e[i] = a + floor(i * (b - a) / px) for i in 0..px when
  * px <= b - a; callers that label axes can use it. */

@@ -12,11 +12,13 @@
 #include <unistd.h>
 
 #include "eng_backend.h"
+#include "eng_dma.h"
 #include "eng_index.h"
 #include "eng_map.h"
 #include "eng_metrics.h"
 #include "eng_model.h"
 #include "eng_patcfg.h"
+#include "eng_reshape.h"
 #include "eng_tok.h"
 
 #define PROMPT_MAX_BYTES (64u << 20)
@@ -30,7 +32,8 @@ struct eng_session {
     char model_name[160];
     const char **labels;     /* [n] token display texts (owned by tok) */
     eng_patcfg pc;           /* the per-head config; pc.cfg.heads[L*H] always allocated */
-    eng_head_index *ix;      /* [L*H] current index of every head (after the prefill) */
+    eng_head_mask *mk;       /* [L*H] current mask of every head (after the prefill): an index for
+                                index kinds, per-row thresholds (DMA) or borrowed Q/K (N:M) */
     eng_prefill_out pre;     /* the analysis prefill: dense, q/k/v and lse kept */
     int ready;
     float **dense_out;       /* [L] -> (n, H*d) dense attention output, made on first use */
@@ -150,18 +153,18 @@ int eng_session_open(eng_session **out, const eng_session_opts *o, eng_err *err)
         goto fail;
     }
     s->labels = calloc((size_t)s->n, sizeof *s->labels);
-    s->ix = calloc(LH, sizeof *s->ix);
+    s->mk = calloc(LH, sizeof *s->mk);
     s->hs = calloc(LH, sizeof *s->hs);
     s->ls = calloc((size_t)s->L, sizeof *s->ls);
     s->dense_out = calloc((size_t)s->L, sizeof *s->dense_out);
-    if (!s->labels || !s->ix || !s->hs || !s->ls || !s->dense_out) {
+    if (!s->labels || !s->mk || !s->hs || !s->ls || !s->dense_out) {
         eng_err_set(err, "session: out of memory");
         goto fail;
     }
     for (int t = 0; t < s->n; t++) s->labels[t] = eng_tok_piece(s->tok, s->tokens[t]);
     for (size_t i = 0; i < LH; i++) {
         s->hs[i].pat = s->pc.cfg.heads[i];
-        s->hs[i].density = s->hs[i].recall = s->hs[i].error = NAN;
+        s->hs[i].density = s->hs[i].recall = s->hs[i].error = s->hs[i].error_plain = NAN;
     }
     free(text);
     *out = s;
@@ -174,12 +177,12 @@ fail:
 
 void eng_session_free(eng_session *s) {
     if (!s) return;
-    if (s->ix)
-        for (size_t i = 0; i < (size_t)s->L * s->H; i++) eng_index_free(&s->ix[i]);
+    if (s->mk)
+        for (size_t i = 0; i < (size_t)s->L * s->H; i++) eng_dma_mask_free(&s->mk[i]);
     if (s->dense_out)
         for (int l = 0; l < s->L; l++) free(s->dense_out[l]);
     free(s->dense_out);
-    free(s->ix);
+    free(s->mk);
     free(s->hs);
     free(s->ls);
     eng_patcfg_free(&s->pc);
@@ -203,10 +206,13 @@ static const float *head_lse(const eng_session *s, int l, int h) {
     return s->pre.lse + ((size_t)l * s->H + h) * s->n;
 }
 
-/* Rebuild every index of layer l, run its sparse attention and (once) its dense attention, and
- * derive the per-head and per-layer numbers. */
+/* Rebuild every head mask of layer l (eng_dma_mask_build: the index of index kinds, thresholds or
+ * borrowed Q/K for DMA / N:M), run its sparse attention and (once) its dense attention, and derive
+ * the per-head and per-layer numbers. Index heads run in one backend op; DMA / N:M heads get an
+ * empty index there and run on the CPU mask path; reshape heads add the estimate on the CPU after
+ * the sparse pass (their error without it is kept too). Both CPU passes count as sparse time. */
 static int analyse_layer(eng_session *s, int l, eng_err *err) {
-    const int n = s->n, H = s->H, Hkv = s->Hkv, d = s->d, grp = H / Hkv;
+    const int n = s->n, H = s->H, Hkv = s->Hkv, d = s->d, grp = H / Hkv, qd = H * d, kvd = Hkv * d;
     const float *q = layer_q(s, l), *k = layer_k(s, l), *v = layer_v(s, l);
     eng_layer_stat *ls = &s->ls[l];
     if (!s->dense_out[l]) {
@@ -218,39 +224,73 @@ static int analyse_layer(eng_session *s, int l, eng_err *err) {
             return -1;
         }
     }
-    eng_head_index *ix = s->ix + (size_t)l * H;
+    eng_head_mask *mk = s->mk + (size_t)l * H;
+    const eng_pattern *pat = s->pc.cfg.heads + (size_t)l * H;
+    int any_reshape = 0, rc = -1;
+    for (int h = 0; h < H; h++) any_reshape |= pat[h].reshape;
+    eng_head_index *ix = calloc((size_t)H, sizeof *ix);
+    eng_head_metrics *hm = malloc(sizeof *hm * (size_t)H);
+    float *plain = any_reshape ? malloc(sizeof(float) * (size_t)n * qd) : NULL;
+    if (!ix || !hm || (any_reshape && !plain)) {
+        eng_err_set(err, "layer %d: out of memory for the sparse pass", l);
+        goto done;
+    }
     double t0 = now_s();
     for (int h = 0; h < H; h++) {
-        eng_index_free(&ix[h]);
+        eng_dma_mask_free(&mk[h]);
         eng_err e;
-        if (eng_pattern_build(&s->pc.cfg.heads[(size_t)l * H + h], q + (size_t)h * d, H * d, k + (size_t)(h / grp) * d,
-                              Hkv * d, n, d, &ix[h], &e))
-            return eng_err_set(err, "layer %d head %d: %s", l, h, e.msg);
+        if (eng_dma_mask_build(&pat[h], q + (size_t)h * d, qd, k + (size_t)(h / grp) * d, v + (size_t)(h / grp) * d, kvd,
+                               n, d, &mk[h], &e)) {
+            eng_err_set(err, "layer %d head %d: %s", l, h, e.msg);
+            goto done;
+        }
+        if (mk[h].kind == ENG_MASK_INDEX) ix[h] = mk[h].ix; /* borrowed: freed with the mask */
+        else if (eng_index_alloc(&ix[h], n, 0, 0, err)) goto done;
     }
     ls->index_s = now_s() - t0;
     double kern = 0;
-    if (s->be->attention(s->be, q, k, v, n, H, Hkv, d, ix, s->sparse_out, s->sparse_lse, &kern, err)) return -1;
-    ls->sparse_s = ls->index_s + kern;
+    if (s->be->attention(s->be, q, k, v, n, H, Hkv, d, ix, s->sparse_out, s->sparse_lse, &kern, err)) goto done;
+    t0 = now_s();
+    for (int h = 0; h < H; h++) {
+        const float *qh = q + (size_t)h * d, *kh = k + (size_t)(h / grp) * d, *vh = v + (size_t)(h / grp) * d;
+        float *oh = s->sparse_out + (size_t)h * d, *lh = s->sparse_lse + (size_t)h * n;
+        if (mk[h].kind != ENG_MASK_INDEX && eng_dma_attn_head(&mk[h], qh, qd, kh, vh, kvd, n, d, oh, qd, lh, NULL, err))
+            goto done;
+        if (!pat[h].reshape) continue;
+        for (int t = 0; t < n; t++)
+            memcpy(plain + (size_t)t * qd + (size_t)h * d, oh + (size_t)t * qd, sizeof(float) * (size_t)d);
+        if (eng_reshape_apply(&mk[h], qh, qd, kh, vh, kvd, n, d, oh, qd, lh, NULL, NULL, err)) goto done;
+    }
+    ls->sparse_s = ls->index_s + kern + (now_s() - t0);
 
-    eng_head_metrics *hm = malloc(sizeof *hm * (size_t)H);
-    if (!hm) return eng_err_set(err, "layer %d: out of memory for metrics", l);
     for (int h = 0; h < H; h++) {
         eng_head_stat *st = &s->hs[(size_t)l * H + h];
-        st->pat = s->pc.cfg.heads[(size_t)l * H + h];
-        eng_metrics_head(&ix[h], n, d, head_lse(s, l, h), s->sparse_lse + (size_t)h * n, s->dense_out[l] + (size_t)h * d,
-                         s->sparse_out + (size_t)h * d, H * d, &hm[h]);
+        st->pat = pat[h];
+        const int is_ix = mk[h].kind == ENG_MASK_INDEX;
+        eng_metrics_head(is_ix ? &ix[h] : NULL, n, d, head_lse(s, l, h), s->sparse_lse + (size_t)h * n,
+                         s->dense_out[l] + (size_t)h * d, s->sparse_out + (size_t)h * d, qd, &hm[h]);
+        if (!is_ix) eng_metrics_set_computed(&hm[h], eng_dma_mask_count(&mk[h]));
+        if (pat[h].reshape) eng_metrics_set_plain(&hm[h], n, d, s->dense_out[l] + (size_t)h * d, plain + (size_t)h * d, qd);
         st->density = (float)hm[h].density;
         st->recall = (float)hm[h].recall;
         st->error = (float)hm[h].error;
+        st->error_plain = pat[h].reshape ? (float)hm[h].error_plain : NAN;
     }
     eng_layer_metrics lm;
     eng_metrics_layer(hm, H, &lm);
-    free(hm);
     ls->density = (float)lm.density;
     ls->recall = (float)lm.recall;
     ls->error = (float)lm.error;
     ls->valid = 1;
-    return 0;
+    rc = 0;
+done:
+    if (ix)
+        for (int h = 0; h < H; h++)
+            if (mk[h].kind != ENG_MASK_INDEX) eng_index_free(&ix[h]);
+    free(ix);
+    free(hm);
+    free(plain);
+    return rc;
 }
 
 typedef struct {
@@ -388,7 +428,7 @@ static int fill_grid(const eng_session *s, int l, int h, const eng_view *v, cons
             if (ry[a][1] <= ry[a][0] || cx[b][1] <= cx[b][0]) continue;
             eng_map_opts mo = {.q0 = ry[a][0], .q1 = ry[a][1], .k0 = cx[b][0], .k1 = cx[b][1], .w = cx[b][2],
                                .h = ry[a][2], .pool = ENG_POOL_MAX, .empty = NAN, .threads = 0};
-            int rc = mask ? eng_map_index_mask(&s->ix[(size_t)l * s->H + h], &mo, tmp, err)
+            int rc = mask ? eng_map_mask_cover(&s->mk[(size_t)l * s->H + h], &mo, tmp, err)
                           : eng_map_pool_on(s->be, layer_q(s, l) + (size_t)h * s->d, s->H * s->d,
                                             layer_k(s, l) + (size_t)(h / grp) * s->d, s->Hkv * s->d, s->n, s->d,
                                             head_lse(s, l, h), NULL, &mo, tmp, err);
@@ -540,7 +580,7 @@ static int teach_fill(const eng_session *s, int l, int h, const eng_view *v, eng
         if ((float)ss[k] > t->sscore[c]) t->sscore[c] = (float)ss[k];
     }
     /* lines and the final index, per tile */
-    const eng_head_index *ix = &s->ix[(size_t)l * s->H + h];
+    const eng_head_index *ix = &s->mk[(size_t)l * s->H + h].ix; /* VS: an index mask */
     for (int r = 0; r < t->rows; r++) {
         const int r0 = r * t->tpc, r1 = (r + 1) * t->tpc < n ? (r + 1) * t->tpc : n;
         for (int c = 0; c < t->cols; c++) {
@@ -685,7 +725,7 @@ int eng_session_snapshot(eng_session *s, const eng_view *v, eng_snapshot **out, 
         sn->map_valid = 1;
     }
     sn->cur_prob = prob_at(s, l, h, cv->cur_q, cv->cur_k);
-    sn->cur_computed = cv->cur_k > cv->cur_q ? -1 : eng_index_covers(&s->ix[(size_t)l * s->H + h], cv->cur_q, cv->cur_k);
+    sn->cur_computed = cv->cur_k > cv->cur_q ? -1 : eng_dma_mask_covers(&s->mk[(size_t)l * s->H + h], cv->cur_q, cv->cur_k);
     snprintf(sn->q_text, sizeof sn->q_text, "%s", s->labels[cv->cur_q]);
     snprintf(sn->k_text, sizeof sn->k_text, "%s", s->labels[cv->cur_k]);
     if ((cv->teach && teach_fill(s, l, h, cv, &sn->teach, err)) || (cv->lines && lines_fill(s, l, h, sn, err)) ||

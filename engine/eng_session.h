@@ -33,6 +33,7 @@ typedef struct {
     float density; /* computed causal entries / all causal entries */
     float recall;  /* mean over queries of the dense softmax mass inside the computed set */
     float error;   /* ||O_sparse - O_dense|| / ||O_dense|| over the head's output */
+    float error_plain; /* reshape heads: the same error without the Re-ttention-style estimate; else NaN */
 } eng_head_stat;
 
 /* One layer, all heads, measured on this session's backend. */
@@ -98,12 +99,12 @@ typedef struct {
     eng_view view;        /* the view this snapshot answers (clamped) */
     int map_valid;
     float *prob;          /* [rows * cols] max over the tile of the exact softmax probability */
-    float *cover;         /* [rows * cols] fraction of the tile's causal entries the index computes;
+    float *cover;         /* [rows * cols] fraction of the tile's causal entries the head computes (its mask);
                              NAN for tiles above the diagonal */
     float prob_max;       /* largest value in prob */
     /* the cursor */
     float cur_prob;       /* exact probability of (cur_q, cur_k); 0 above the diagonal */
-    int cur_computed;     /* 1 computed by the head's index, 0 skipped, -1 above the diagonal */
+    int cur_computed;     /* 1 computed by the head's mask, 0 skipped, -1 above the diagonal */
     char q_text[48], k_text[48]; /* printable token texts */
     eng_teach teach;
     /* view.lines: the lines eng_pattern_build chose for a vertical-slash head (else NULL, 0) */

@@ -1,10 +1,12 @@
-/* krn_attn: FA2-class flash attention kernels (mma.sync m16n8k16 bf16, ldmatrix, cp.async double
- * buffering, online softmax in fp32, exp2 domain) for dense causal and index-driven sparse attention.
- * One kernel template serves both: a CTA owns BM = 16*NW query rows (each warp 16 rows) of one query
- * head and walks a list of 64-key tiles; a tile is either 64 consecutive keys from a token offset
- * (dense tiles, index key blocks; causal mask where it reaches past a row) or up to 64 gathered
- * key columns (index columns; no mask needed, they lie left of the row block). Tests:
- * tests/gpu_attn.c against the CPU references; numbers: bench/RESULTS.md. */
+/* krn_attn: FA2-class flash attention kernels (mma.sync m16n8k16 bf16, ldmatrix, cp.async, online
+ * softmax in fp32, exp2 domain) for dense causal and index-driven sparse attention. Two templates,
+ * selected by the variant (krn_attn.h): attn2_kernel (default; FA2's tiling, 32 query rows per warp)
+ * and attn_kernel (the first kernel, 16 rows per warp), each serving both modes: a CTA owns a
+ * block of query rows of one query head and walks a list of 64-key tiles; a tile is either 64
+ * consecutive keys from a token offset (dense tiles, index key blocks; causal mask where it
+ * reaches past a row) or up to 64 gathered key columns (index columns; no mask needed, they lie
+ * left of the row block). Tests: tests/gpu_attn.c against the CPU references; numbers:
+ * bench/RESULTS.md. */
 #include "krn_attn.h"
 
 #include "krn_common.cuh"
@@ -258,10 +260,11 @@ attn_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
 }
 
 /* One 64-key tile (K or V) into a [64][D] swizzled shared buffer; rows past the tile's keys (or
- * past n) are zero-filled. */
+ * past n) are zero-filled. A gather tile's key indexes come from sidx (shared, prefetched) when
+ * given, else from global memory. */
 template <int D, int NT>
 __device__ __forceinline__ void load_rows(__nv_bfloat16 *dst, const Tile &t, const __nv_bfloat16 *src, int stride,
-                                          int n, int tid) {
+                                          int n, int tid, const int *sidx = nullptr) {
     constexpr int CH = D / 8;
 #pragma unroll
     for (int c = tid; c < kBN * CH; c += NT) {
@@ -270,7 +273,7 @@ __device__ __forceinline__ void load_rows(__nv_bfloat16 *dst, const Tile &t, con
         bool ok;
         if (t.cols) {
             ok = r < t.count;
-            key = ok ? __ldg(t.cols + r) : 0;
+            key = ok ? (sidx ? sidx[r] : __ldg(t.cols + r)) : 0;
         } else {
             key = t.start + r;
             ok = key < n;
@@ -287,8 +290,12 @@ __device__ __forceinline__ void load_rows(__nv_bfloat16 *dst, const Tile &t, con
  * ST = 2: K and V double-buffered (load tile t+1 during tile t; one barrier per tile);
  * ST = 1: single K and V buffers, FA2's overlap (V_t loads during S = Q K_t^T, K_{t+1} during
  * O += P V_t; two barriers per tile) for a small footprint (more CTAs per SM).
+ * PF (sparse, ST = 1): a gather tile's 64 key indexes are copied into shared memory one tile ahead
+ * (with V_t's copy), so the K/V gathers of the next tile do not wait on dependent global loads.
+ * Measured ~3% slower than without (H200, bench/RESULTS.md), so only variant 3 uses it.
+ * O is rescaled only when some row max of the warp moved (a warp-uniform vote).
  * Grid (H, row blocks), row blocks in reverse: the heaviest causal row blocks of all heads first. */
-template <int D, int NW, int MR, int ST, int MODE>
+template <int D, int NW, int MR, int ST, int MODE, int PF = 0>
 __global__ void __launch_bounds__(NW * 32, (NW == 2 && ST == 1) ? 4 : 2)
 attn2_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     constexpr int RW = 16 * MR, BM = RW * NW, CH = D / 8, NT = NW * 32, KS = D / 16, DT = D / 8;
@@ -297,6 +304,8 @@ attn2_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     __nv_bfloat16 *sQ = reinterpret_cast<__nv_bfloat16 *>(smem_raw);
     __nv_bfloat16 *sK = sQ + BM * D;       /* [ST][64][D] */
     __nv_bfloat16 *sV = sK + ST * kBN * D; /* [ST][64][D] */
+    int *sIdx = reinterpret_cast<int *>(sV + ST * kBN * D); /* PF: [2][64] gather indexes, by tile parity */
+    static_assert(!PF || (ST == 1 && MODE == MODE_SPARSE && NW * 32 >= kBN), "index prefetch: sparse, ST 1");
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int n = a.n;
@@ -350,9 +359,19 @@ attn2_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
                        ok ? 16 : 0);
     }
     Tile nxt = {0, 0, nullptr};
+    /* PF: copy a gather tile's indexes (zero past its count) into sIdx[slot]. */
+    auto prefetch_idx = [&](const Tile &g, int slot) {
+        if (PF && g.cols && tid < kBN)
+            krn_cp_async4(krn_smem_u32(sIdx + slot * kBN + tid), g.cols + (tid < g.count ? tid : 0),
+                          tid < g.count ? 4 : 0);
+    };
     if (n_tiles > 0) {
         nxt = tile_at(0);
-        load_rows<D, NT>(sK, nxt, k, a.kv_stride, n, tid);
+        if (PF && nxt.cols) {
+            if (tid < kBN) sIdx[tid] = tid < nxt.count ? __ldg(nxt.cols + tid) : 0;
+            __syncthreads();
+        }
+        load_rows<D, NT>(sK, nxt, k, a.kv_stride, n, tid, PF && nxt.cols ? sIdx : nullptr);
         if (ST == 2) load_rows<D, NT>(sV, nxt, v, a.kv_stride, n, tid);
     }
     krn_cp_async_commit();
@@ -378,7 +397,11 @@ attn2_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
                 load_rows<D, NT>(sV + (buf ^ 1) * kBN * D, nxt, v, a.kv_stride, n, tid);
             }
         } else {
-            load_rows<D, NT>(sV, tl, v, a.kv_stride, n, tid);
+            load_rows<D, NT>(sV, tl, v, a.kv_stride, n, tid, PF && tl.cols ? sIdx + (t & 1) * kBN : nullptr);
+            if (PF && t + 1 < n_tiles) { /* sIdx[(t+1)&1] was last read by V_{t-1}'s copy, before the barrier */
+                nxt = tile_at(t + 1);
+                prefetch_idx(nxt, (t + 1) & 1);
+            }
         }
         krn_cp_async_commit();
 
@@ -459,21 +482,26 @@ attn2_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
             krn_cp_async_wait<0>();
             __syncthreads(); /* V_t landed; every warp is done reading K_t */
             if (t + 1 < n_tiles) {
-                nxt = tile_at(t + 1);
-                load_rows<D, NT>(sK, nxt, k, a.kv_stride, n, tid);
+                if (!PF) nxt = tile_at(t + 1);
+                load_rows<D, NT>(sK, nxt, k, a.kv_stride, n, tid, PF && nxt.cols ? sIdx + ((t + 1) & 1) * kBN : nullptr);
             }
             krn_cp_async_commit();
         }
         if (active) {
+            bool moved = false;
 #pragma unroll
-            for (int i = 0; i < MR; i++)
+            for (int i = 0; i < MR; i++) moved |= al[i][0] != 1.f || al[i][1] != 1.f;
+            if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
-                for (int j = 0; j < DT; j++) {
-                    o[i][j][0] *= al[i][0];
-                    o[i][j][1] *= al[i][0];
-                    o[i][j][2] *= al[i][1];
-                    o[i][j][3] *= al[i][1];
-                }
+                for (int i = 0; i < MR; i++)
+#pragma unroll
+                    for (int j = 0; j < DT; j++) {
+                        o[i][j][0] *= al[i][0];
+                        o[i][j][1] *= al[i][0];
+                        o[i][j][2] *= al[i][1];
+                        o[i][j][3] *= al[i][1];
+                    }
+            }
 #pragma unroll
             for (int kk = 0; kk < 4; kk++) {
 #pragma unroll
@@ -515,18 +543,18 @@ attn2_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
         }
 }
 
-template <int D, int NW, int MR, int ST, int MODE>
+template <int D, int NW, int MR, int ST, int MODE, int PF = 0>
 int launch2(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
     constexpr int BM = 16 * MR * NW;
-    const size_t smem = (size_t)(BM * D + 2 * ST * kBN * D) * sizeof(__nv_bfloat16);
-    CUDA_RET(cudaFuncSetAttribute(attn2_kernel<D, NW, MR, ST, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    const size_t smem = (size_t)(BM * D + 2 * ST * kBN * D) * sizeof(__nv_bfloat16) + (PF ? 2 * kBN * sizeof(int) : 0);
+    CUDA_RET(cudaFuncSetAttribute(attn2_kernel<D, NW, MR, ST, MODE, PF>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   (int)smem));
     const int n_mb = (a->n + BM - 1) / BM;
     if (n_mb > 65535) return eng_err_set(err, "attention: n = %d needs %d row blocks (grid limit 65535)", a->n, n_mb);
     dim3 grid(a->H, n_mb);
     krn_index_dev none = {};
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
-    attn2_kernel<D, NW, MR, ST, MODE><<<grid, NW * 32, smem, st>>>(*a, ix ? *ix : none, scale_log2);
+    attn2_kernel<D, NW, MR, ST, MODE, PF><<<grid, NW * 32, smem, st>>>(*a, ix ? *ix : none, scale_log2);
     LAUNCH_RET("attn2_kernel");
     return 0;
 }
@@ -563,10 +591,10 @@ extern "C" int krn_attn_dense(const krn_attn_args *a, int variant, cudaStream_t 
     if (check_args(a, err)) return -1;
     const bool d64 = a->d == 64;
     switch (variant) {
-    case 0: return d64 ? launch2<64, 4, 2, 2, MODE_DENSE>(a, nullptr, s, err) : launch2<128, 4, 2, 2, MODE_DENSE>(a, nullptr, s, err);
+    case 0: return d64 ? launch2<64, 4, 2, 1, MODE_DENSE>(a, nullptr, s, err) : launch2<128, 4, 2, 1, MODE_DENSE>(a, nullptr, s, err);
     case 1: return d64 ? launch<64, 4, MODE_DENSE>(a, nullptr, s, err) : launch<128, 4, MODE_DENSE>(a, nullptr, s, err);
     case 2: return d64 ? launch<64, 8, MODE_DENSE>(a, nullptr, s, err) : launch<128, 8, MODE_DENSE>(a, nullptr, s, err);
-    case 3: return d64 ? launch2<64, 4, 2, 1, MODE_DENSE>(a, nullptr, s, err) : launch2<128, 4, 2, 1, MODE_DENSE>(a, nullptr, s, err);
+    case 3: return d64 ? launch2<64, 4, 2, 2, MODE_DENSE>(a, nullptr, s, err) : launch2<128, 4, 2, 2, MODE_DENSE>(a, nullptr, s, err);
     default: return eng_err_set(err, "attention: unknown dense kernel variant %d (0..%d)", variant, KRN_ATTN_VARIANTS - 1);
     }
 }
@@ -583,7 +611,7 @@ extern "C" int krn_attn_sparse_variant(const krn_attn_args *a, const krn_index_d
     case 0: return d64 ? launch2<64, 2, 2, 1, MODE_SPARSE>(a, ix, s, err) : launch2<128, 2, 2, 1, MODE_SPARSE>(a, ix, s, err);
     case 1:
     case 2: return d64 ? launch<64, 4, MODE_SPARSE>(a, ix, s, err) : launch<128, 4, MODE_SPARSE>(a, ix, s, err);
-    case 3: return d64 ? launch2<64, 4, 1, 2, MODE_SPARSE>(a, ix, s, err) : launch2<128, 4, 1, 2, MODE_SPARSE>(a, ix, s, err);
+    case 3: return d64 ? launch2<64, 2, 2, 1, MODE_SPARSE, 1>(a, ix, s, err) : launch2<128, 2, 2, 1, MODE_SPARSE, 1>(a, ix, s, err);
     default: return eng_err_set(err, "sparse attention: unknown kernel variant %d (0..%d)", variant, KRN_ATTN_VARIANTS - 1);
     }
 }

@@ -37,11 +37,13 @@ typedef struct {
 } krn_index_dev;
 
 /* Kernel variants, all the same function, kept so old and new can be timed in one run:
- * 0 = default: FA2 tiling (32 query rows per warp; dense: 128-query tiles, 4 warps, K/V double
- *     buffered; sparse: 64-query row blocks, 2 warps, single K/V buffers, 4 CTAs per SM);
+ * 0 = default: FA2 tiling, 32 query rows per warp, single K/V buffers (V_t loads during Q K_t^T,
+ *     K_t+1 during P V_t); dense: 128-query tiles, 4 warps; sparse: 64-query row blocks, 2 warps,
+ *     4 CTAs per SM;
  * 1 = first kernel, 64-query tiles, 4 warps (16 rows per warp);
  * 2 = first kernel, dense: 128-query tiles, 8 warps (the default before); sparse: as 1;
- * 3 = FA2 tiling, dense: single K/V buffers; sparse: 16 rows per warp, 4 warps, double-buffered. */
+ * 3 = FA2 tiling, dense: K/V double-buffered; sparse: as 0 plus gather indexes prefetched into
+ *     shared memory a tile ahead (measured slower on the H200). */
 #define KRN_ATTN_VARIANTS 4
 
 /* Dense causal attention; variant as above (0 unless benchmarking). */

@@ -57,6 +57,10 @@ static __device__ __forceinline__ uint32_t krn_smem_u32(const void *p) {
 static __device__ __forceinline__ void krn_cp_async16(uint32_t dst, const void *src, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
 }
+/* 4-byte async copy (cp.async.ca: 4 and 8 bytes go through L1); src_bytes 0 zero-fills. */
+static __device__ __forceinline__ void krn_cp_async4(uint32_t dst, const void *src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
 static __device__ __forceinline__ void krn_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> static __device__ __forceinline__ void krn_cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));

@@ -21,7 +21,9 @@
 
 extern "C" {
 #include "eng_cpu.h"
+#include "eng_dma.h"
 #include "eng_pattern.h"
+#include "eng_reshape.h"
 }
 
 #define LM_ROWS 1024  /* LM-head rows per chunk: (LM_ROWS, V) f32 logits */
@@ -176,6 +178,86 @@ int keep_slice(const bf16 *src, int n, int w, int stride, bf16 *tmp, float *tmpf
     return 0;
 }
 
+/* Kinds with a GPU index builder (krn_index_build): dense, A-shape, VS, BS. */
+bool gpu_built(const eng_pattern *p) {
+    return p->kind == ENG_PAT_DENSE || p->kind == ENG_PAT_ASHAPE || p->kind == ENG_PAT_VS || p->kind == ENG_PAT_BS;
+}
+
+/* Heads that need host work in the prefill: an index built on the host (XAttention, FlexPrefill),
+ * the whole head on the CPU (DMA, N:M: no GPU kernel), or the reshape pass after the kernel. */
+bool needs_host(const eng_pattern *p) {
+    return p && p->kind != ENG_PAT_DENSE && (!gpu_built(p) || p->reshape);
+}
+
+/* Host f32 (n, d) rows -> head h's columns of the device bf16 (n, stride) tensor dst, through
+ * device scratch tmpf (n*d f32) and tmp (n*d bf16). */
+int put_head(const float *host, int n, int d, bf16 *dst, int stride, bf16 *tmp, float *tmpf, cudaStream_t st,
+             eng_err *err) {
+    CUDA_RET(cudaMemcpyAsync(tmpf, host, (size_t)n * d * 4, cudaMemcpyHostToDevice, st));
+    if (krn_f32_to_bf16(tmpf, tmp, (size_t)n * d, st, err)) return -1;
+    CUDA_RET(cudaMemcpy2DAsync(dst, (size_t)stride * 2, tmp, (size_t)d * 2, (size_t)d * 2, n, cudaMemcpyDeviceToDevice, st));
+    CUDA_RET(cudaStreamSynchronize(st));
+    return 0;
+}
+
+/* Host index hx (eng_index.h) -> head h of the device index ix (ix's capacities must hold hx's
+ * counts): rows repacked to ix's strides, band (sink, window) included. Synchronises st. */
+int upload_head(krn_index_dev *ix, int h, const eng_head_index *hx, cudaStream_t st, eng_err *err) {
+    const int nrb = ix->n_rb, mb = ix->max_blocks, mc = ix->max_cols;
+    if (hx->n != ix->n || hx->n_rb != nrb) return eng_err_set(err, "index upload: head for n = %d, index n = %d", hx->n, ix->n);
+    for (int rb = 0; rb < nrb; rb++)
+        if (hx->block_count[rb] > mb || hx->column_count[rb] > mc)
+            return eng_err_set(err, "index upload: head %d row block %d needs %d blocks / %d columns, capacity %d / %d", h,
+                               rb, hx->block_count[rb], hx->column_count[rb], mb, mc);
+    int *buf = (int *)calloc((size_t)nrb * (2 + (size_t)mb + (size_t)mc) + 2, sizeof(int));
+    if (!buf) return eng_err_set(err, "index upload: out of host memory");
+    int *bc = buf, *cc = bc + nrb, *bo = cc + nrb, *ci = bo + (size_t)nrb * mb, *band = ci + (size_t)nrb * mc;
+    for (int rb = 0; rb < nrb; rb++) {
+        bc[rb] = hx->block_count[rb], cc[rb] = hx->column_count[rb];
+        for (int i = 0; i < bc[rb]; i++) bo[(size_t)rb * mb + i] = hx->block_offset[(size_t)rb * hx->max_blocks + i];
+        for (int i = 0; i < cc[rb]; i++) ci[(size_t)rb * mc + i] = hx->column_index[(size_t)rb * hx->max_cols + i];
+    }
+    band[0] = hx->sink, band[1] = hx->window;
+    cudaError_t e = cudaMemcpyAsync(ix->block_count + (size_t)h * nrb, bc, sizeof(int) * nrb, cudaMemcpyHostToDevice, st);
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(ix->column_count + (size_t)h * nrb, cc, sizeof(int) * nrb, cudaMemcpyHostToDevice, st);
+    if (e == cudaSuccess && mb)
+        e = cudaMemcpyAsync(ix->block_offset + (size_t)h * nrb * mb, bo, sizeof(int) * nrb * mb, cudaMemcpyHostToDevice, st);
+    if (e == cudaSuccess && mc)
+        e = cudaMemcpyAsync(ix->column_index + (size_t)h * nrb * mc, ci, sizeof(int) * nrb * mc, cudaMemcpyHostToDevice, st);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(ix->band + 2 * (size_t)h, band, sizeof(int) * 2, cudaMemcpyHostToDevice, st);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+    free(buf);
+    if (e != cudaSuccess) return eng_err_set(err, "index upload: %s", cudaGetErrorString(e));
+    return 0;
+}
+
+/* Head h of the device index ix -> a host index hx with ix's capacities (free with eng_index_free):
+ * the exact index the sparse kernel ran, for the reshape pass. Synchronises st. */
+int download_head(const krn_index_dev *ix, int h, eng_head_index *hx, cudaStream_t st, eng_err *err) {
+    const int nrb = ix->n_rb, mb = ix->max_blocks, mc = ix->max_cols;
+    if (eng_index_alloc(hx, ix->n, mb, mc, err)) return -1;
+    int band[2] = {0, 0};
+    cudaError_t e = cudaMemcpyAsync(hx->block_count, ix->block_count + (size_t)h * nrb, sizeof(int) * nrb,
+                                    cudaMemcpyDeviceToHost, st);
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(hx->column_count, ix->column_count + (size_t)h * nrb, sizeof(int) * nrb, cudaMemcpyDeviceToHost, st);
+    if (e == cudaSuccess && mb)
+        e = cudaMemcpyAsync(hx->block_offset, ix->block_offset + (size_t)h * nrb * mb, sizeof(int) * nrb * mb,
+                            cudaMemcpyDeviceToHost, st);
+    if (e == cudaSuccess && mc)
+        e = cudaMemcpyAsync(hx->column_index, ix->column_index + (size_t)h * nrb * mc, sizeof(int) * nrb * mc,
+                            cudaMemcpyDeviceToHost, st);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(band, ix->band + 2 * (size_t)h, sizeof band, cudaMemcpyDeviceToHost, st);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+    if (e != cudaSuccess) {
+        eng_index_free(hx);
+        return eng_err_set(err, "index download: %s", cudaGetErrorString(e));
+    }
+    hx->sink = band[0], hx->window = band[1];
+    return 0;
+}
+
 } /* namespace */
 
 /* Bytes a prefill needs on the GPU: weights, activations, index storage and builder scratch,
@@ -189,18 +271,21 @@ static size_t estimate(const eng_config *c, int n, const eng_pattern_cfg *pc, in
                            (size_t)3 * F * C;
     const size_t w_bytes = 2 * (layer_w * L + (size_t)V * C * (tied ? 1 : 2) + C);
     const int mr = n < MLP_ROWS ? n : MLP_ROWS, lr = n < LM_ROWS ? n : LM_ROWS;
-    int mb = 0, mc = 0;
+    int mb = 0, mc = 0, host = 0;
     if (pc)
         for (int l = 0; l < L; l++)
             for (int h = 0; h < H; h++) {
                 int b, cc;
                 krn_index_capacity(eng_pattern_cfg_get(pc, l, h), n, &b, &cc);
                 mb = b > mb ? b : mb, mc = cc > mc ? cc : mc;
+                host |= needs_host(eng_pattern_cfg_get(pc, l, h));
             }
     const size_t n_rb = (N + 63) / 64;
     const size_t act = 2 * (2 * N * C + N * qkvd + N * qd) + 2 * (size_t)mr * 3 * F + 4 * (size_t)lr * V + 16 * N +
                        4 * (size_t)H * N + (keep_qkv ? N * qd * 6 : 0) + (pc && keep_lse ? N * qd * 2 : 0);
-    const size_t ixb = pc ? 4 * (size_t)H * n_rb * (2 + mb + mc) + 4 * (size_t)H * 64 * N + 16 * (size_t)H * N : 0;
+    /* + host-work heads: one head's bf16 and f32 staging and the sparse LSE */
+    const size_t ixb = (pc ? 4 * (size_t)H * n_rb * (2 + mb + mc) + 4 * (size_t)H * 64 * N + 16 * (size_t)H * N : 0) +
+                       (host ? 6 * N * d + 4 * (size_t)H * N : 0);
     *w_out = w_bytes, *act_out = act, *ix_out = ixb, *mb_out = mb, *mc_out = mc;
     return w_bytes + act + ixb + ((size_t)256 << 20);
 }
@@ -264,7 +349,12 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
     float *hinv = (float *)malloc(sizeof(float) * (size_t)d);
     bf16 *scratch_out = nullptr;
     const size_t stage_elems = (size_t)1 << 24;
-    int rc = -1, sparse_any = 0;
+    int rc = -1, sparse_any = 0, host_any_cfg = 0;
+    /* heads with host work (needs_host): one head's Q/K/V, output and LSE as host f32 (n, d) / [n],
+     * device staging for them, the sparse LSE (the kept LSE is the dense one), host indexes [H] */
+    float *hq = nullptr, *hk = nullptr, *hv = nullptr, *ho = nullptr, *hl = nullptr, *hd_tmpf = nullptr, *lse_sp = nullptr;
+    bf16 *hd_tmp = nullptr;
+    eng_head_index *hix = nullptr;
     float rope_scale = 1.f;
     const eng_pattern **pat = (const eng_pattern **)calloc((size_t)H, sizeof *pat);
     if (!dl || !hinv || !pat) {
@@ -357,6 +447,20 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
     if (pc) {
         if (krn_index_ws_create(&ws, err) || krn_index_dev_alloc(&ix, H, n, mb, mc, err)) goto fail;
         if (keep_lse) CUDA_TRY(cudaMalloc((void **)&scratch_out, N * qd * 2));
+        for (int l = 0; l < L; l++)
+            for (int h = 0; h < H; h++) host_any_cfg |= needs_host(eng_pattern_cfg_get(pc, l, h));
+    }
+    if (host_any_cfg) {
+        hq = (float *)malloc(N * d * 4), hk = (float *)malloc(N * d * 4), hv = (float *)malloc(N * d * 4);
+        ho = (float *)malloc(N * d * 4), hl = (float *)malloc(N * 4);
+        hix = (eng_head_index *)calloc((size_t)H, sizeof *hix);
+        if (!hq || !hk || !hv || !ho || !hl || !hix) {
+            eng_err_set(err, "out of host memory for the host-built pattern heads");
+            goto fail;
+        }
+        CUDA_TRY(cudaMalloc((void **)&hd_tmp, N * d * 2));
+        CUDA_TRY(cudaMalloc((void **)&hd_tmpf, N * d * 4));
+        CUDA_TRY(cudaMalloc((void **)&lse_sp, (size_t)H * N * 4));
     }
     if (krn_embed(embed, dtok, n, C, x, st, err)) goto fail;
     CUDA_TRY(cudaStreamSynchronize(st));
@@ -389,9 +493,46 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
         if (!sparse_any) {
             if (krn_attn_dense(&a, 0, st, err)) goto fail;
         } else {
-            for (int h = 0; h < H;) { /* runs of heads with one pattern: one build call */
+            /* XAttention / FlexPrefill (no GPU builder): the index is built on the host from the
+             * head's Q/K copied back (eng_pattern_build, the CPU reference) and uploaded; DMA /
+             * N:M (no GPU kernel): an empty index here, the head runs on the CPU below */
+            int need_b = 0, need_c = 0, host_any = 0;
+            for (int h = 0; h < H; h++) {
+                host_any |= needs_host(pat[h]);
+                if (gpu_built(pat[h])) continue;
+                eng_head_index *hx = &hix[h];
+                if (eng_pattern_is_index(pat[h]->kind)) {
+                    if (keep_slice(qkv + (size_t)h * d, n, d, qkvd, hd_tmp, hd_tmpf, hq, st, err) ||
+                        keep_slice(qkv + qd + (size_t)(h / (H / Hkv)) * d, n, d, qkvd, hd_tmp, hd_tmpf, hk, st, err))
+                        goto fail;
+                    eng_err e;
+                    if (eng_pattern_build(pat[h], hq, d, hk, d, n, d, hx, &e)) {
+                        eng_err_set(err, "layer %d head %d: %s", l, h, e.msg);
+                        goto fail;
+                    }
+                } else if (eng_index_alloc(hx, n, 0, 0, err)) {
+                    goto fail;
+                }
+                for (int rb = 0; rb < hx->n_rb; rb++) {
+                    need_b = hx->block_count[rb] > need_b ? hx->block_count[rb] : need_b;
+                    need_c = hx->column_count[rb] > need_c ? hx->column_count[rb] : need_c;
+                }
+            }
+            if (need_b > ix.max_blocks || need_c > ix.max_cols) { /* grow before any head is written */
+                const int nb = need_b > ix.max_blocks ? need_b : ix.max_blocks;
+                const int nc = need_c > ix.max_cols ? need_c : ix.max_cols;
+                krn_index_dev_free(&ix);
+                if (krn_index_dev_alloc(&ix, H, n, nb, nc, err)) goto fail;
+            }
+            for (int h = 0; h < H;) { /* runs of GPU-built heads with one pattern: one build call */
+                if (!gpu_built(pat[h])) {
+                    if (upload_head(&ix, h, &hix[h], st, err)) goto fail;
+                    eng_index_free(&hix[h]);
+                    h++;
+                    continue;
+                }
                 int e = h + 1;
-                while (e < H && same_pattern(pat[e], pat[h])) e++;
+                while (e < H && gpu_built(pat[e]) && same_pattern(pat[e], pat[h])) e++;
                 if (krn_index_build(pat[h], &a, h, e - h, &ix, ws, st, err)) goto fail;
                 h = e;
             }
@@ -399,9 +540,45 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
                 krn_attn_args ad = a;
                 ad.out = scratch_out;
                 if (krn_attn_dense(&ad, 0, st, err)) goto fail;
-                a.lse = nullptr;
+                a.lse = host_any ? lse_sp : nullptr; /* the reshape pass needs the sparse LSE */
             }
             if (krn_attn_sparse(&a, &ix, st, err)) goto fail;
+            /* host passes: DMA / N:M heads on the CPU (eng_dma_attend, reshape included), reshape
+             * of index heads on the exact index the kernel ran (eng_reshape_apply on (out, lse)) */
+            for (int h = 0; h < H && host_any; h++) {
+                if (!needs_host(pat[h]) || (eng_pattern_is_index(pat[h]->kind) && !pat[h]->reshape)) continue;
+                const int g = h / (H / Hkv);
+                CUDA_TRY(cudaStreamSynchronize(st));
+                if (keep_slice(qkv + (size_t)h * d, n, d, qkvd, hd_tmp, hd_tmpf, hq, st, err) ||
+                    keep_slice(qkv + qd + (size_t)g * d, n, d, qkvd, hd_tmp, hd_tmpf, hk, st, err) ||
+                    keep_slice(qkv + qd + kvd + (size_t)g * d, n, d, qkvd, hd_tmp, hd_tmpf, hv, st, err))
+                    goto fail;
+                eng_err e;
+                if (!eng_pattern_is_index(pat[h]->kind)) {
+                    if (eng_dma_attend(pat[h], hq, d, hk, hv, d, n, d, ho, d, NULL, NULL, NULL, &e)) {
+                        eng_err_set(err, "layer %d head %d (%s, CPU): %s", l, h, eng_pattern_kind_name(pat[h]->kind), e.msg);
+                        goto fail;
+                    }
+                } else {
+                    eng_head_mask hm;
+                    memset(&hm, 0, sizeof hm);
+                    hm.kind = ENG_MASK_INDEX, hm.n = n;
+                    if (keep_slice(att + (size_t)h * d, n, d, qd, hd_tmp, hd_tmpf, ho, st, err) ||
+                        download_head(&ix, h, &hm.ix, st, err))
+                        goto fail;
+                    cudaError_t ce = cudaMemcpyAsync(hl, a.lse + (size_t)h * N, N * 4, cudaMemcpyDeviceToHost, st);
+                    if (ce == cudaSuccess) ce = cudaStreamSynchronize(st);
+                    const int bad = ce != cudaSuccess ||
+                                    eng_reshape_apply(&hm, hq, d, hk, hv, d, n, d, ho, d, hl, NULL, NULL, &e) != 0;
+                    eng_index_free(&hm.ix);
+                    if (bad) {
+                        eng_err_set(err, "layer %d head %d: reshape: %s", l, h,
+                                    ce != cudaSuccess ? cudaGetErrorString(ce) : e.msg);
+                        goto fail;
+                    }
+                }
+                if (put_head(ho, n, d, att + (size_t)h * d, qd, hd_tmp, hd_tmpf, st, err)) goto fail;
+            }
         }
         CUDA_TRY(cudaStreamSynchronize(st));
         out->attn_seconds[l] = now_s() - ta;
@@ -473,6 +650,10 @@ fail:
     cudaFree(embed), cudaFree(fnorm), cudaFree(x), cudaFree(xn), cudaFree(qkv), cudaFree(att), cudaFree(gu);
     cudaFree(hbuf), cudaFree(tmp), cudaFree(stage), cudaFree(inv), cudaFree(logits), cudaFree(rows);
     cudaFree(tmpf), cudaFree(lse_d), cudaFree(dtok), cudaFree(am), cudaFree(scratch_out);
+    cudaFree(hd_tmp), cudaFree(hd_tmpf), cudaFree(lse_sp);
+    if (hix)
+        for (int h = 0; h < H; h++) eng_index_free(&hix[h]);
+    free(hix), free(hq), free(hk), free(hv), free(ho), free(hl);
     free(hinv);
     free(pat);
     if (rc) eng_prefill_out_free(out);
