@@ -30,7 +30,8 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: attnscope eval passkey --model DIR [--lengths 1k,2k,4k,8k] [--depths 0,25,50,75,100]\n"
-            "                              [--patterns dense,ashape,vs,bs,CFG.json] [--trials N] [--json OUT]\n"
+            "                              [--patterns dense,ashape,vs,bs,xattn,...,CFG.json] [--trials N]\n"
+            "                              [--json OUT]\n"
             "                              [--png-dir D] [--haystack FILE] [--seed S] [--ref-len N] [--backend B]\n"
             "       attnscope eval ppl --model DIR --text FILE [--lengths ...] [--patterns ...] [--windows N]\n"
             "                              [--json OUT] [--ref-len N] [--backend B]\n\n"
@@ -43,9 +44,11 @@ static void usage(FILE *f) {
             "  --lengths L,...   context lengths in tokens, 1k = 1024 (default 1k,2k,4k,8k up to the\n"
             "                    model's max_position_embeddings)\n"
             "  --depths D,...    needle depths in percent of the haystack (default 0,25,50,75,100)\n"
-            "  --patterns P,...  dense, ashape, vs, bs (the paper's budgets, scaled to each length by\n"
-            "                    length/--ref-len) or per-head config files, used with their budgets as\n"
-            "                    written, as `run --patterns` does (default dense,ashape,vs,bs)\n"
+            "  --patterns P,...  dense, ashape, vs, bs (the paper's budgets), xattn, flex, dma (a\n"
+            "                    training-free adaptation), nm (their defaults; docs/patterns.md), budgets\n"
+            "                    scaled to each length by length/--ref-len; or per-head config files, used\n"
+            "                    with their budgets as written, as `run --patterns` does (reshape and other\n"
+            "                    parameters: in a file) (default dense,ashape,vs,bs)\n"
             "  --trials N        prompts per (length, depth) cell (default 4)\n"
             "  --haystack FILE   haystack text (default: the classic repeated filler sentences)\n"
             "  --seed S          seed of the keys (default 1)\n"
@@ -139,7 +142,8 @@ static int parse_patterns(const char *sub, const char *s, const eng_model *m, pa
         }
         struct stat st;
         if (stat(parts[i], &st) != 0) {
-            cli_error(sub, "--patterns: '%s' is neither a pattern (dense, ashape, vs, bs) nor a readable file",
+            cli_error(sub, "--patterns: '%s' is neither a pattern (dense, ashape, vs, bs, xattn, flex, dma, nm) nor a "
+                           "readable file",
                       parts[i]);
             items_free(it, i);
             return -1;

@@ -140,7 +140,7 @@ static int find_sample(char *model, char *prompt, size_t cap) {
             path_fmt(model, cap, "%s", dir))
             model[0] = 0;
     }
-    static const char *prompts[] = {"haystack.txt", "long.txt", "passkey.txt"};
+    static const char *prompts[] = {"passkey_4k.txt", "haystack.txt"};
     prompt[0] = 0;
     for (size_t i = 0; i < sizeof prompts / sizeof prompts[0] && !prompt[0]; i++) {
         if (!path_fmt(dir, sizeof dir, "%s/samples/prompts/%s", root, prompts[i]) && is_file(dir) &&
@@ -212,6 +212,16 @@ int cmd_tui(int argc, char **argv) {
         }
         model = smodel;
         prompt = sprompt;
+        /* the sample's searched per-head config, when shipped: samples/patterns/<model name>.json */
+        static char spat[PATH_MAX + 64];
+        const char *base = strrchr(smodel, '/');
+        base = base ? base + 1 : smodel;
+        char *cut = strstr(sprompt, "/prompts/");
+        if (!patterns && cut &&
+            snprintf(spat, sizeof spat, "%.*s/patterns/%s.json", (int)(cut - sprompt), sprompt, base) <
+                (int)sizeof spat &&
+            is_file(spat))
+            patterns = spat;
     } else if (!model || !prompt) {
         cli_error("tui", "%s is required", model ? "--prompt FILE" : "--model DIR");
         usage(stderr);

@@ -509,23 +509,26 @@ static void draw_pattern(const tui_layout *l, const tui_state *s, const eng_snap
         put(y, r->x, r->w, sel ? R_SEL : R_NONE, "%s %-10s %s%s", sel ? ">" : " ", tui_field_name(p->kind, i), v,
             more);
     }
-    if (y < r->y + r->h) {
-        char lab[200];
-        snprintf(lab, sizeof lab, "  %s%s", eng_pattern_kind_label(p->kind),
-                 p->reshape && p->kind != ENG_PAT_DENSE ? " + Re-ttention-style reshape (training-free adaptation)" : "");
+    if (y < r->y + r->h) { /* what the kind is; adaptations say so first (the panel is narrow) */
+        char lab[200], ep[24];
+        if (p->reshape && p->kind != ENG_PAT_DENSE && hs && !isnan(hs->error_plain)) {
+            fmt_num(hs->error_plain, ep, sizeof ep);
+            snprintf(lab, sizeof lab, "  err w/o reshape %s (reshape: training-free adaptation)", ep);
+        } else if (p->reshape && p->kind != ENG_PAT_DENSE) {
+            snprintf(lab, sizeof lab, "  + Re-ttention-style reshape (training-free adaptation)");
+        } else if (p->kind == ENG_PAT_DMA) {
+            snprintf(lab, sizeof lab, "  training-free adaptation: %s", eng_pattern_kind_label(p->kind));
+        } else {
+            snprintf(lab, sizeof lab, "  %s", eng_pattern_kind_label(p->kind));
+        }
         put(y++, r->x, r->w, R_DIM, "%s", lab);
     }
     if (hs && y < r->y + r->h) {
-        char d[24], rc[24], e[24], ep[24];
+        char d[24], rc[24], e[24];
         fmt_num(hs->density, d, sizeof d);
         fmt_num(hs->recall, rc, sizeof rc);
         fmt_num(hs->error, e, sizeof e);
-        if (!isnan(hs->error_plain)) {
-            fmt_num(hs->error_plain, ep, sizeof ep);
-            put(y++, r->x, r->w, R_NONE, "  dens %s rec %s err %s (no reshape %s)", d, rc, e, ep);
-        } else {
-            put(y++, r->x, r->w, R_NONE, "  dens %s rec %s err %s", d, rc, e);
-        }
+        put(y++, r->x, r->w, R_NONE, "  dens %s rec %s err %s", d, rc, e);
     }
     if (y < r->y + r->h) put(y, r->x, r->w, R_DIM, "  score %g  p:cycle  Left/Right:edit", (double)p->score);
 }

@@ -35,7 +35,7 @@ typedef struct {
     int q0, k0;
     int cur_q, cur_k;
     /* pattern panel */
-    int field;               /* index into tui_pattern_fields() of the edited pattern */
+    int field;               /* edited field: 0 the kind, i >= 1 parameter i - 1 (tui_field) */
     int edit_valid, edit_layer, edit_head; /* an edit sent to the worker, not yet in a snapshot */
     eng_pattern edit;
     /* jump prompt */

@@ -377,6 +377,9 @@ static void vs_convert_row(int m0, int last, const int *v, int nv, const int *s,
     *nc_out = nc;
 }
 
+/* Below log(2^-150) expf is +0 (glibc's own cut-off, taken through a slow underflow path that
+ * sets errno); peaked heads send most estimate logits there, so the call is skipped: same values. */
+#define VS_EXPF_ZERO (-0x1.9fe368p6f)
 #define VS_KT 64 /* keys per transposed tile of the estimate */
 #define VS_QG 64 /* queries per pass over K: all 64 in one pass (logit buffer 64 x n floats) */
 
@@ -450,7 +453,8 @@ int eng_pattern_vs_lines(const eng_pattern *p, const float *q, int q_stride, con
             const float mx = row_max(ar, qi + 1);
             float sum = 0;
             for (int j = 0; j <= qi; j++) {
-                ar[j] = expf(ar[j] - mx);
+                const float x = ar[j] - mx;
+                ar[j] = x < VS_EXPF_ZERO ? 0.0f : expf(x);
                 sum += ar[j];
             }
             float inv = 1.0f / sum;

@@ -11,19 +11,23 @@ for d in samples/models/*/; do
 done
 [ -n "$model" ] || model=tests/fixtures/tiny-llama
 prompt=
-for p in samples/prompts/haystack.txt samples/prompts/long.txt samples/prompts/passkey.txt; do
+for p in samples/prompts/passkey_4k.txt samples/prompts/haystack.txt; do
     [ -f "$p" ] && { prompt=$p; break; }
 done
 if [ ! -f "$model/config.json" ] || [ -z "$prompt" ]; then
     echo "run_sample: no sample model or prompt found (samples/models/*, tests/fixtures/tiny-llama, samples/prompts/)" >&2
     exit 1
 fi
+# the sample's searched per-head config, when shipped
+pat=()
+cfg=samples/patterns/$(basename "$model").json
+[ -f "$cfg" ] && pat=(--patterns "$cfg")
 if [ -t 0 ] && [ -t 1 ]; then
-    exec "$bin" tui --model "$model" --prompt "$prompt"
+    exec "$bin" tui --model "$model" --prompt "$prompt" "${pat[@]}"
 fi
 # the report covers what the explorer shows: the prompt cut to the model's trained context
 maxpos=$(grep -o '"max_position_embeddings"[^,}]*' "$model/config.json" | grep -o '[0-9]*' | head -1)
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 head -c "$(( ${maxpos:-4096} - 1 ))" "$prompt" > "$tmp"
-"$bin" run --model "$model" --prompt "$tmp"
+"$bin" run --model "$model" --prompt "$tmp" "${pat[@]}"

@@ -13,7 +13,9 @@ directory through transformers and measures passkey accuracy at several lengths 
 
 The passkey prompt format here is the one `attnscope eval passkey` builds (engine/eng_eval.c):
     BOS + hay[:p] + NEEDLE + hay[p:] + QUESTION   -> greedy answer " NNNNN"
-with p = depth * len(hay) moved forward to just after the next space (p = 0 stays 0)."""
+with p = depth * len(hay) moved forward to just after the next space (p = 0 stays 0). attnscope moves
+the answer's leading space into the prompt (so its sparse prefill must predict the first digit); the
+check here, all six answer tokens argmax-correct under teacher forcing, is the same greedy answer."""
 import argparse
 import copy
 import hashlib

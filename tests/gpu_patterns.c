@@ -1,0 +1,208 @@
+/* gpu_patterns: every pattern kind in the CUDA prefill (kernels/krn_prefill.cu, issue 9) against the
+ * CPU prefill on an in-memory random Llama-shaped model whose config mixes all kinds per head:
+ * GPU-built indexes (dense, A-shape, VS, BS), host-built indexes (XAttention, FlexPrefill: Q/K copied
+ * back, eng_pattern_build, uploaded, GPU sparse kernel), CPU heads (DMA, N:M: eng_dma_attend on host
+ * copies) and the reshape pass (eng_reshape_apply on the GPU output and the exact index it ran).
+ * Checks: the GPU sparse prefill is close to the CPU sparse prefill (bf16 vs f32 bounds as
+ * gpu_prefill's block-sparse ones) and closer to it than to the dense prefill (the patterns really
+ * ran); kept-LSE and no-LSE runs agree; the kernel bench builds XAttention / FlexPrefill indexes on
+ * the host (density 1 where the pattern must keep everything) and refuses DMA by name. */
+#include "test_util.h"
+
+#include <time.h>
+
+#include <cuda_runtime_api.h>
+
+#include "eng_backend.h"
+#include "eng_model.h"
+#include "eng_pattern.h"
+#include "krn_bench.h"
+
+static int have_gpu(void) {
+    int c = 0;
+    return cudaGetDeviceCount(&c) == cudaSuccess && c > 0;
+}
+
+typedef struct {
+    eng_model m;
+    float *pool;
+} fake_model;
+
+static void tensor(eng_tensor *t, const char *name, float **p, int64_t r, int64_t c, uint64_t *seed, float scale,
+                   float add) {
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->dtype = ENG_DT_F32;
+    t->ndim = c ? 2 : 1;
+    t->shape[0] = r, t->shape[1] = c;
+    t->numel = c ? r * c : r;
+    t->data = *p;
+    for (int64_t i = 0; i < t->numel; i++) (*p)[i] = tu_randf(seed) * scale + add;
+    *p += t->numel;
+}
+
+/* As gpu_prefill.c's: a random Llama-3-shaped model (llama3 RoPE scaling) held in f32. */
+static void fake_init(fake_model *f, int L, int C, int F, int H, int Hkv, int d, int V, uint64_t seed) {
+    memset(f, 0, sizeof *f);
+    eng_config *c = &f->m.cfg;
+    c->arch = ENG_ARCH_LLAMA;
+    snprintf(c->arch_name, sizeof c->arch_name, "LlamaForCausalLM");
+    c->vocab_size = V, c->hidden_size = C, c->intermediate_size = F, c->n_layers = L;
+    c->n_heads = H, c->n_kv_heads = Hkv, c->head_dim = d, c->rms_norm_eps = 1e-5f, c->rope_theta = 500000.0f;
+    c->max_position_embeddings = 1 << 20, c->bos_token_id = c->eos_token_id = -1;
+    c->rope_llama3 = 1, c->rope_factor = 8, c->rope_low_freq_factor = 1, c->rope_high_freq_factor = 4;
+    c->rope_original_max_pos = 8192;
+    snprintf(f->m.dir, sizeof f->m.dir, "<random model>");
+    size_t per = (size_t)2 * C + (size_t)(H + 2 * Hkv) * d * C + (size_t)C * H * d + (size_t)3 * F * C;
+    size_t total = per * L + (size_t)2 * V * C + C;
+    f->pool = malloc(total * sizeof(float));
+    assert_non_null(f->pool);
+    f->m.layers = calloc((size_t)L, sizeof *f->m.layers);
+    assert_non_null(f->m.layers);
+    float *p = f->pool;
+    const float ws = 1.0f / sqrtf((float)C) * 1.7f;
+    tensor(&f->m.embed, "embed", &p, V, C, &seed, 1.0f, 0);
+    tensor(&f->m.lm_head, "lm_head", &p, V, C, &seed, ws, 0);
+    tensor(&f->m.final_norm, "norm", &p, C, 0, &seed, 0.1f, 1.0f);
+    for (int l = 0; l < L; l++) {
+        eng_layer_weights *w = &f->m.layers[l];
+        tensor(&w->attn_norm, "attn_norm", &p, C, 0, &seed, 0.1f, 1.0f);
+        tensor(&w->ffn_norm, "ffn_norm", &p, C, 0, &seed, 0.1f, 1.0f);
+        tensor(&w->wq, "wq", &p, (int64_t)H * d, C, &seed, ws, 0);
+        tensor(&w->wk, "wk", &p, (int64_t)Hkv * d, C, &seed, ws, 0);
+        tensor(&w->wv, "wv", &p, (int64_t)Hkv * d, C, &seed, ws, 0);
+        tensor(&w->wo, "wo", &p, C, (int64_t)H * d, &seed, 1.0f / sqrtf((float)H * d), 0);
+        tensor(&w->w_gate, "w_gate", &p, F, C, &seed, ws, 0);
+        tensor(&w->w_up, "w_up", &p, F, C, &seed, ws, 0);
+        tensor(&w->w_down, "w_down", &p, C, F, &seed, 1.0f / sqrtf((float)F), 0);
+    }
+}
+
+static void fake_free(fake_model *f) {
+    free(f->pool);
+    free(f->m.layers);
+}
+
+/* Two layers of eight heads: layer 0 one head of each kind, layer 1 the same kinds with reshape on
+ * the sparse ones (N:M and dense without). Budgets small for n = 700 so every kind drops a lot. */
+static void mixed_config(eng_pattern_cfg *pc, eng_pattern *heads) {
+    const int H = 8;
+    memset(pc, 0, sizeof *pc);
+    pc->n_layers = 2, pc->n_heads = H, pc->heads = heads;
+    for (int l = 0; l < 2; l++)
+        for (int k = 0; k < ENG_PAT__COUNT; k++) {
+            eng_pattern p = eng_pattern_make((eng_pat_kind)k);
+            switch (p.kind) {
+            case ENG_PAT_ASHAPE: p.n_init = 4, p.n_local = 64; break;
+            case ENG_PAT_VS: p.vertical = 30, p.slash = 50; break;
+            case ENG_PAT_BS: p.topk = 2; break;
+            case ENG_PAT_XATTN: p.threshold = 0.5f; break;
+            case ENG_PAT_FLEX: p.gamma = 0.5f, p.min_budget = 64; break;
+            case ENG_PAT_DMA: p.keep = 32, p.n_init = 4, p.n_local = 32; break;
+            case ENG_PAT_NM: p.nm_n = 1, p.nm_m = 4; break;
+            default: break;
+            }
+            p.reshape = l == 1 && p.kind != ENG_PAT_DENSE && p.kind != ENG_PAT_NM;
+            heads[l * H + (k + 3 * l) % H] = p; /* layer 1 shifts the kinds over the heads */
+        }
+}
+
+static void test_prefill_all_kinds(void **state) {
+    (void)state;
+    if (!have_gpu()) skip();
+    const int n = 700, H = 8, Hkv = 4, d = 64, V = 1000;
+    uint64_t seed = 0x9a77e2ULL ^ (uint64_t)time(NULL);
+    fake_model f;
+    fake_init(&f, 2, 256, 512, H, Hkv, d, V, seed);
+    int *tok = malloc(sizeof(int) * (size_t)n);
+    assert_non_null(tok);
+    for (int i = 0; i < n; i++) tok[i] = (int)(tu_rand_u64(&seed) % (uint64_t)V);
+    eng_pattern heads[16];
+    eng_pattern_cfg pc;
+    mixed_config(&pc, heads);
+    eng_err err = {{0}};
+    eng_backend *cpu = eng_backend_cpu_create(&err), *gpu = eng_backend_cuda_create(&err);
+    if (!cpu || !gpu) fail_msg("backend: %s", err.msg);
+    eng_prefill_opts o;
+    memset(&o, 0, sizeof o);
+    o.patterns = &pc;
+    o.keep_lse = 1;
+    eng_prefill_opts od;
+    memset(&od, 0, sizeof od);
+    eng_prefill_out cs, cd, gs, gs2;
+    if (cpu->prefill(cpu, &f.m, tok, n, &o, &cs, &err)) fail_msg("cpu sparse prefill: %s", err.msg);
+    if (cpu->prefill(cpu, &f.m, tok, n, &od, &cd, &err)) fail_msg("cpu dense prefill: %s", err.msg);
+    if (gpu->prefill(gpu, &f.m, tok, n, &o, &gs, &err)) fail_msg("gpu sparse prefill: %s", err.msg);
+    o.keep_lse = 0; /* the other LSE path of the reshape pass (the sparse kernel's own LSE buffer) */
+    if (gpu->prefill(gpu, &f.m, tok, n, &o, &gs2, &err)) fail_msg("gpu sparse prefill (no LSE): %s", err.msg);
+
+    const double rel = tu_rel_l2(gs.last_logits, cs.last_logits, (size_t)V);
+    const double rel_dense = tu_rel_l2(gs.last_logits, cd.last_logits, (size_t)V);
+    const double cpu_gap = tu_rel_l2(cs.last_logits, cd.last_logits, (size_t)V);
+    const double rel2 = tu_rel_l2(gs2.last_logits, gs.last_logits, (size_t)V);
+    double dl = 0, lse = 0;
+    int agree = 0;
+    for (int i = 0; i < n; i++) agree += cs.argmax[i] == gs.argmax[i];
+    for (int i = 0; i + 1 < n; i++) {
+        if (!isfinite(gs.next_logprob[i])) fail_msg("gpu next_logprob[%d] not finite", i);
+        dl += fabs((double)cs.next_logprob[i] - gs.next_logprob[i]);
+    }
+    dl /= n - 1;
+    for (size_t i = 0; i < (size_t)2 * H * n; i++) { /* the kept LSE is the dense one on both sides */
+        double e = fabs((double)cs.lse[i] - gs.lse[i]) / (1.0 + fabs((double)cs.lse[i]));
+        lse = e > lse ? e : lse;
+    }
+    printf("  all kinds n=%d: gpu vs cpu sparse logits rel-L2 %.2e (vs cpu dense %.2e; cpu sparse vs dense %.2e), "
+           "mean |dlogp| %.3f, argmax agree %d/%d, dense-LSE max rel %.3f, keep_lse on/off %.2e, gpu %.3f s\n",
+           n, rel, rel_dense, cpu_gap, dl, agree, n, lse, rel2, gs.seconds);
+    for (int i = 0; i < V; i++)
+        if (!isfinite(gs.last_logits[i])) fail_msg("gpu logit %d not finite", i);
+    if (!(cpu_gap > 1e-2)) fail_msg("the mixed config barely changes the CPU logits (%.2e): test too weak", cpu_gap);
+    if (!(rel < 1e-1)) fail_msg("last logits rel-L2 %.3e vs the CPU sparse prefill", rel);
+    if (!(rel < rel_dense)) fail_msg("GPU sparse logits are closer to dense (%.3e) than to CPU sparse (%.3e)", rel_dense, rel);
+    if (!(dl < 1e-1)) fail_msg("mean |dlogprob| %.3e", dl);
+    if (agree < n * 85 / 100) fail_msg("argmax agrees on %d of %d", agree, n);
+    if (!(lse < 1e-1)) fail_msg("dense LSE max relative error %.3e", lse);
+    if (!(rel2 < 1e-2)) fail_msg("keep_lse on/off runs differ: rel-L2 %.3e", rel2);
+    eng_prefill_out_free(&cs), eng_prefill_out_free(&cd), eng_prefill_out_free(&gs), eng_prefill_out_free(&gs2);
+    cpu->destroy(cpu), gpu->destroy(gpu);
+    free(tok);
+    fake_free(&f);
+}
+
+static void test_bench_kinds(void **state) {
+    (void)state;
+    if (!have_gpu()) skip();
+    krn_bench_cfg c;
+    memset(&c, 0, sizeof c);
+    c.n = 1000, c.H = 4, c.Hkv = 2, c.d = 64, c.reps = 2;
+    c.pats[0] = eng_pattern_make(ENG_PAT_XATTN);
+    c.pats[0].threshold = 1.0f; /* keeps every causal 128-block: density 1 */
+    c.pats[1] = eng_pattern_make(ENG_PAT_XATTN);
+    c.pats[1].threshold = 0.3f;
+    c.pats[2] = eng_pattern_make(ENG_PAT_FLEX); /* min_budget 512: n = 1000 > 512 runs sparse or not, valid */
+    c.n_pats = 3;
+    krn_bench_row rows[2 + KRN_BENCH_MAX_PATS];
+    eng_err err = {{0}};
+    if (krn_bench_attention(&c, rows, &err)) fail_msg("bench: %s", err.msg);
+    for (int i = 1; i <= c.n_pats; i++) {
+        printf("  bench %s: index %.3f ms, attn %.3f ms, density %.4f\n", rows[i].name, rows[i].index_ms, rows[i].attn_ms,
+               rows[i].density);
+        assert_non_null(strstr(rows[i].name, "[host index]"));
+        assert_true(rows[i].index_ms > 0 && rows[i].attn_ms > 0);
+        assert_true(rows[i].density > 0 && rows[i].density <= 1.0 + 1e-9);
+    }
+    assert_true(fabs(rows[1].density - 1.0) < 1e-9);
+    assert_true(rows[2].density < 1.0);
+    c.pats[0] = eng_pattern_make(ENG_PAT_DMA);
+    c.n_pats = 1;
+    assert_int_equal(krn_bench_attention(&c, rows, &err), -1);
+    assert_non_null(strstr(err.msg, "dma"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_prefill_all_kinds),
+        cmocka_unit_test(test_bench_kinds),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
