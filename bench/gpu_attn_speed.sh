@@ -2,7 +2,8 @@
 # bench/gpu_attn_speed.sh: one device call for the attention-kernel speed work (issue 7): build,
 # gpu_attn (every kernel variant vs the CPU references), then `attnscope bench` for each kernel
 # variant in ATTN_VARIANTS (dense + VS/BS/A-shape + fixed-index VS, same inputs), PyTorch SDPA on the
-# same shapes, and last gpu_index / gpu_prefill. Logs under $OUT, a short table last.
+# same shapes (ATTN_SDPA=0 skips it), and last gpu_index / gpu_prefill. Logs under $OUT, a short
+# table last.
 # Usage on the GPU machine (.carry/debs carried): bench/gpu_attn_speed.sh
 set -u
 OUT=${OUT:-/tmp/attnscope-gpu-out}
@@ -26,13 +27,15 @@ for v in ${ATTN_VARIANTS:-2 0 3}; do
         --json "$OUT/bench_v$v.json" >"$OUT/bench_v$v.log" 2>&1
     echo "bench variant $v rc=$? in $(( $(date +%s) - t1 )) s"
 done
-t1=$(date +%s)
-PYTHONUNBUFFERED=1 timeout 180 python3 bench/sdpa.py --n "$NS" --ours "$OUT/bench_v0.json" --json "$OUT/sdpa.json" >"$OUT/sdpa.log" 2>&1
-echo "sdpa rc=$? in $(( $(date +%s) - t1 )) s"
+if [ "${ATTN_SDPA:-1}" = 1 ]; then
+    t1=$(date +%s)
+    PYTHONUNBUFFERED=1 timeout 180 python3 bench/sdpa.py --n "$NS" --ours "$OUT/bench_v0.json" --json "$OUT/sdpa.json" >"$OUT/sdpa.log" 2>&1
+    echo "sdpa rc=$? in $(( $(date +%s) - t1 )) s"
+fi
 for t in ${ATTN_LAST_TESTS:-gpu_index gpu_prefill}; do
     t1=$(date +%s)
     timeout ${ATTN_TEST_TIMEOUT:-240} $B/tests/$t >"$OUT/$t.log" 2>&1
     echo "$t rc=$? in $(( $(date +%s) - t1 )) s"; grep -E "FAILED|PASSED" "$OUT/$t.log" | tail -3
 done
 for v in ${ATTN_VARIANTS:-2 0 3}; do cat "$OUT/bench_v$v.log"; done
-cat "$OUT/sdpa.log"
+[ -f "$OUT/sdpa.log" ] && cat "$OUT/sdpa.log"

@@ -112,7 +112,8 @@ static void tile_run(const sp_job *j, sp_scratch *s, const sp_tile *t, int q0, i
     /* Masks only where some row drops a key: keys past the first query (causal edge), or band
      * keys (>= sink) at least window behind the last query. */
     const int causal = t->key[nk - 1] > q0;
-    const int band = t->band && window > 0 && t->key[nk - 1] >= sink && (long long)t->key[0] <= (long long)last - window;
+    const int band =
+        t->band && window > 0 && t->key[nk - 1] >= sink && (long long)t->key[0] <= (long long)last - window;
     /* Band: row q keeps key k iff k < sink or k > q - window; keys ascending, so the kept set is
      * [0, a) U [b, c) with a = #keys < sink, b = #keys <= q - window, c = #keys <= q. */
     const int a_sink = band ? keys_below(t->key, nk, sink) : 0;

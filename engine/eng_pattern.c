@@ -422,8 +422,8 @@ int eng_pattern_vs_lines(const eng_pattern *p, const float *q, int q_stride, con
     int last_q = n < VS_LAST_Q ? n : VS_LAST_Q, rc = -1;
     const int rows_max = last_q < VS_QG ? last_q : VS_QG;
     double *vs = calloc((size_t)n, sizeof *vs), *ss = calloc((size_t)n, sizeof *ss);
-    float *a = malloc((size_t)rows_max * n * sizeof *a);              /* (rows, n) logits of a query group */
-    float *kt = malloc((size_t)d * VS_KT * sizeof *kt);                /* (d, 64) transposed key tile */
+    float *a = malloc((size_t)rows_max * n * sizeof *a); /* (rows, n) logits of a query group */
+    float *kt = malloc((size_t)d * VS_KT * sizeof *kt);   /* (d, 64) transposed key tile */
     scored *t = malloc((size_t)n * sizeof *t);
     unsigned char *mark = malloc((size_t)n);
     if (!vs || !ss || !a || !kt || !t || !mark) {
@@ -443,7 +443,8 @@ int eng_pattern_vs_lines(const eng_pattern *p, const float *q, int q_stride, con
                 const float *kr = k + (size_t)(j0 + jj) * k_stride;
                 for (int c = 0; c < d; c++) kt[(size_t)c * VS_KT + jj] = kr[c];
             }
-            for (int c = 0; c < d && nk < VS_KT; c++) memset(kt + (size_t)c * VS_KT + nk, 0, sizeof *kt * (VS_KT - nk));
+            for (int c = 0; c < d && nk < VS_KT; c++) /* a short last tile: zero lanes, never stored */
+                memset(kt + (size_t)c * VS_KT + nk, 0, sizeof *kt * (VS_KT - nk));
             for (int r = 0; r < rows; r++)
                 vs_dot_tile(q + (size_t)(n - last_q + g0 + r) * q_stride, kt, d, scale, nk, a + (size_t)r * n + j0);
         }

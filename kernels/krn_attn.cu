@@ -1,7 +1,8 @@
 /* krn_attn: FA2-class flash attention kernels (mma.sync m16n8k16 bf16, ldmatrix, cp.async, online
- * softmax in fp32, exp2 domain) for dense causal and index-driven sparse attention. Two templates,
- * selected by the variant (krn_attn.h): attn2_kernel (default; FA2's tiling, 32 query rows per warp)
- * and attn_kernel (the first kernel, 16 rows per warp), each serving both modes: a CTA owns a
+ * softmax in fp32, exp2 domain) for dense causal and index-driven sparse attention. Templates,
+ * selected by the variant (krn_attn.h): attn2_kernel (dense default; FA2's tiling, 32 query rows
+ * per warp), attn_pair_kernel (sparse default: attn2's warps on two row blocks sharing K/V tiles)
+ * and attn_kernel (the first kernel, 16 rows per warp), serving both modes: a CTA owns a
  * block of query rows of one query head and walks a list of 64-key tiles; a tile is either 64
  * consecutive keys from a token offset (dense tiles, index key blocks; causal mask where it
  * reaches past a row) or up to 64 gathered key columns (index columns; no mask needed, they lie
@@ -572,6 +573,299 @@ int launch(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng
     return 0;
 }
 
+/* The paired sparse kernel (the sparse default, variant 0; variant 4 keeps attn2's 2-warp CTAs).
+ * Two 2-warp CTAs of attn2 on neighbouring row blocks each copy their K/V tiles on their own: at
+ * 64 query rows per 64-key tile, twice dense's copy traffic per flop. Here one CTA of 4 warps takes two
+ * consecutive 64-query row blocks (rb0 = 2 pb: warps 0-1, rb1 = rb0 + 1: warps 2-3; 32 rows per
+ * warp as attn2) and walks one step list, built on the fly from both row blocks' index lists:
+ *   1. shared steps: key blocks with the same start in both lists (sorted, so one merge walk);
+ *      one K/V copy (stage A) feeds all 4 warps;
+ *   2. shared gather steps, when both column lists are identical (VS: often);
+ *   3. split steps: the next block only rb0 has (then its own gather tiles) in stage A for warps
+ *      0-1, next to rb1's in stage B for warps 2-3; a pair whose list has ended idles.
+ * SHARE = 0 (variant 5, the control): split steps only, each pair its own list in its own stage.
+ * The online softmax does not depend on the tile order (beyond rounding). Staging as attn2 at
+ * ST = 1, per stage: V_t copies during S = Q K_t^T, K_t+1 during O += P V_t.
+ * Shared memory: Q [128][D] + K, V [2 stages][64][D] (96 KB at d 128, 2 CTAs per SM).
+ * Measured (H200, bench/RESULTS.md): +4% (A-shape, fixed VS) to +10% (dynamic VS at 128K) over
+ * attn2's 2-warp CTAs, BS even; without sharing (SHARE 0) the same CTA is 12% slower than attn2. */
+constexpr int kNone = -2147483647 - 1; /* no tile for this stage */
+
+struct PStep {
+    int ka, kb; /* tile codes: >= 0 a block's first key, < 0 gather tile -1-code */
+    int mode;   /* 0 end, 1 shared (ka for both pairs), 2 split (ka pair 0, kb pair 1) */
+};
+
+__device__ __forceinline__ Tile tile_of(int code, const int *cidx, int nc) {
+    Tile t;
+    if (code >= 0) {
+        t.start = code, t.count = kBN, t.cols = nullptr;
+    } else {
+        const int g = -1 - code;
+        t.start = 0, t.count = min(kBN, nc - g * kBN), t.cols = cidx + g * kBN;
+    }
+    return t;
+}
+
+template <int D, int SHARE>
+__global__ void __launch_bounds__(128, 2) attn_pair_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
+    constexpr int MR = 2, RW = 32, BM = 128, CH = D / 8, NT = 128, KS = D / 16, DT = D / 8;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    __nv_bfloat16 *sQ = reinterpret_cast<__nv_bfloat16 *>(smem_raw);
+    __nv_bfloat16 *sK = sQ + BM * D;      /* [2][64][D] */
+    __nv_bfloat16 *sV = sK + 2 * kBN * D; /* [2][64][D] */
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, pair = warp >> 1;
+    const int n = a.n;
+    const int pb = (int)gridDim.y - 1 - (int)blockIdx.y; /* heaviest pairs first */
+    const int h = blockIdx.x, hk = h / (a.H / a.Hkv);
+    const int rb0 = 2 * pb, m0 = rb0 * 64;
+    const int q0w = m0 + warp * RW;
+
+    const __nv_bfloat16 *q = reinterpret_cast<const __nv_bfloat16 *>(a.q) + h * D;
+    const __nv_bfloat16 *k = reinterpret_cast<const __nv_bfloat16 *>(a.k) + hk * D;
+    const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
+
+#pragma unroll
+    for (int c = tid; c < BM * CH; c += NT) {
+        int r = c / CH, ch = c % CH, row = m0 + r;
+        bool ok = row < n;
+        krn_cp_async16(krn_smem_u32(sQ + swz<D>(r, ch)), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
+                       ok ? 16 : 0);
+    }
+
+    /* Both row blocks' lists (rb1 may be past the last row block: empty). */
+    const size_t hr0 = (size_t)h * ix.n_rb + rb0;
+    const bool has1 = rb0 + 1 < ix.n_rb;
+    const int n0 = ix.block_count[hr0], c0 = ix.column_count[hr0];
+    const int n1 = has1 ? ix.block_count[hr0 + 1] : 0, c1 = has1 ? ix.column_count[hr0 + 1] : 0;
+    const int *L0 = ix.block_offset + hr0 * ix.max_blocks, *L1 = L0 + ix.max_blocks;
+    const int *C0 = ix.column_index + hr0 * ix.max_cols, *C1 = C0 + ix.max_cols;
+    const int gt0 = (c0 + kBN - 1) / kBN, gt1 = (c1 + kBN - 1) / kBN;
+    const int sink = ix.band ? ix.band[2 * h] : 0, window = ix.band ? ix.band[2 * h + 1] : 0;
+    bool csh = false; /* identical column lists: gather tiles shared too */
+    if (SHARE && c0 == c1 && c0 > 0) {
+        int diff = 0;
+        for (int j = tid; j < c0; j += NT) diff |= __ldg(C0 + j) != __ldg(C1 + j);
+        csh = !__syncthreads_or(diff);
+    }
+
+    /* The step generator; every thread runs it alike (uniform control flow, broadcast loads). */
+    int phase = SHARE ? 0 : 2, i0 = 0, i1 = 0, k0 = 0, k1 = 0;
+    /* Next entry of list L (then its gather tiles unless shared) that list M lacks; kk walks M. */
+    auto excl = [&](const int *L, int nl, int gt, const int *M, int nm, int &i, int &kk) -> int {
+        while (i < nl) {
+            const int x = __ldg(L + i++);
+            while (kk < nm && __ldg(M + kk) < x) kk++;
+            if (kk < nm && __ldg(M + kk) == x) continue;
+            return x;
+        }
+        if (!csh && i < nl + gt) return -1 - (i++ - nl);
+        return kNone;
+    };
+    auto next = [&]() -> PStep {
+        PStep s = {kNone, kNone, 0};
+        if (phase == 0) {
+            while (i0 < n0 && i1 < n1) {
+                const int x = __ldg(L0 + i0), y = __ldg(L1 + i1);
+                if (x == y) {
+                    i0++, i1++;
+                    s.ka = x, s.mode = 1;
+                    return s;
+                }
+                if (x < y) i0++;
+                else i1++;
+            }
+            phase = 1, i0 = 0;
+        }
+        if (phase == 1) {
+            if (csh && i0 < gt0) {
+                s.ka = -1 - i0++, s.mode = 1;
+                return s;
+            }
+            phase = 2, i0 = i1 = k0 = k1 = 0;
+        }
+        s.ka = excl(L0, n0, gt0, L1, SHARE ? n1 : 0, i0, k1);
+        s.kb = excl(L1, n1, gt1, L0, SHARE ? n0 : 0, i1, k0);
+        s.mode = (s.ka != kNone || s.kb != kNone) ? 2 : 0;
+        return s;
+    };
+    auto load_step = [&](const PStep &s, __nv_bfloat16 *dst, const __nv_bfloat16 *src) {
+        if (s.ka != kNone) load_rows<D, NT>(dst, tile_of(s.ka, C0, c0), src, a.kv_stride, n, tid);
+        if (s.mode == 2 && s.kb != kNone) load_rows<D, NT>(dst + kBN * D, tile_of(s.kb, C1, c1), src, a.kv_stride, n, tid);
+    };
+
+    PStep cur = next();
+    load_step(cur, sK, k);
+    krn_cp_async_commit();
+
+    float o[MR][DT][4];
+#pragma unroll
+    for (int i = 0; i < MR; i++)
+#pragma unroll
+        for (int j = 0; j < DT; j++) o[i][j][0] = o[i][j][1] = o[i][j][2] = o[i][j][3] = 0.f;
+    float m_s[MR][2], l_s[MR][2];
+#pragma unroll
+    for (int i = 0; i < MR; i++) m_s[i][0] = m_s[i][1] = -INFINITY, l_s[i][0] = l_s[i][1] = 0.f;
+
+    while (cur.mode != 0) {
+        krn_cp_async_wait<0>();
+        __syncthreads(); /* K of this step landed; every warp is done with the V buffers */
+        load_step(cur, sV, v);
+        krn_cp_async_commit();
+
+        /* This warp's tile: stage A for pair 0 and for shared steps, stage B for pair 1 when split. */
+        const bool split1 = pair == 1 && cur.mode == 2;
+        const int code = split1 ? cur.kb : cur.ka;
+        const Tile tl = code != kNone ? tile_of(code, split1 ? C1 : C0, split1 ? c1 : c0) : Tile{0, 0, nullptr};
+        const bool gather = tl.cols != nullptr;
+        const bool active = code != kNone && (gather || tl.start <= q0w + RW - 1);
+        const int buf = split1 ? 1 : 0;
+        const __nv_bfloat16 *cK = sK + buf * kBN * D, *cV = sV + buf * kBN * D;
+        uint32_t pf[MR][4][4];
+        float al[MR][2];
+        if (active) {
+            float s[MR][8][4];
+#pragma unroll
+            for (int i = 0; i < MR; i++)
+#pragma unroll
+                for (int j = 0; j < 8; j++) s[i][j][0] = s[i][j][1] = s[i][j][2] = s[i][j][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++) {
+                uint32_t qa[MR][4];
+#pragma unroll
+                for (int i = 0; i < MR; i++)
+                    krn_ldmatrix_x4(qa[i][0], qa[i][1], qa[i][2], qa[i][3],
+                                    krn_smem_u32(sQ + swz<D>(warp * RW + i * 16 + (lane & 15), kk * 2 + (lane >> 4))));
+#pragma unroll
+                for (int p = 0; p < 4; p++) {
+                    uint32_t b0, b1, b2, b3;
+                    int mi = lane >> 3;
+                    krn_ldmatrix_x4(b0, b1, b2, b3,
+                                    krn_smem_u32(cK + swz<D>(p * 16 + (mi >> 1) * 8 + (lane & 7), kk * 2 + (mi & 1))));
+#pragma unroll
+                    for (int i = 0; i < MR; i++) {
+                        krn_mma_bf16(s[i][2 * p], qa[i], b0, b1);
+                        krn_mma_bf16(s[i][2 * p + 1], qa[i], b2, b3);
+                    }
+                }
+            }
+            const bool band = !gather && window > 0 && q0w + RW - 1 - tl.start >= window && tl.start + kBN - 1 >= sink;
+            const bool need_mask = gather ? tl.count < kBN : (tl.start + kBN - 1 > q0w || band);
+            if (need_mask) {
+#pragma unroll
+                for (int i = 0; i < MR; i++)
+#pragma unroll
+                    for (int j = 0; j < 8; j++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            int col = j * 8 + (lane & 3) * 2 + (e & 1);
+                            int row = q0w + i * 16 + (lane >> 2) + (e >= 2 ? 8 : 0);
+                            int key = tl.start + col;
+                            bool dead = gather ? col >= tl.count
+                                               : (key > row || (band && key >= sink && row - key >= window));
+                            if (dead) s[i][j][e] = -INFINITY;
+                        }
+            }
+#pragma unroll
+            for (int i = 0; i < MR; i++)
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    float mx = s[i][0][2 * hh];
+#pragma unroll
+                    for (int j = 0; j < 8; j++) mx = fmaxf(mx, fmaxf(s[i][j][2 * hh], s[i][j][2 * hh + 1]));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                    const float mn = fmaxf(m_s[i][hh], mx * scale_log2);
+                    const float use = mn == -INFINITY ? 0.f : mn;
+                    al[i][hh] = krn_ex2(m_s[i][hh] - use);
+                    m_s[i][hh] = mn;
+                    float sum = 0.f;
+#pragma unroll
+                    for (int j = 0; j < 8; j++) {
+                        float p0 = krn_ex2(fmaf(s[i][j][2 * hh], scale_log2, -use));
+                        float p1 = krn_ex2(fmaf(s[i][j][2 * hh + 1], scale_log2, -use));
+                        sum += p0 + p1;
+                        pf[i][j >> 1][(j & 1) * 2 + hh] = krn_pack_bf16(p0, p1);
+                    }
+                    l_s[i][hh] = l_s[i][hh] * al[i][hh] + sum;
+                }
+        }
+        krn_cp_async_wait<0>();
+        __syncthreads(); /* V landed; every warp is done reading K */
+        const PStep nx = next();
+        load_step(nx, sK, k);
+        krn_cp_async_commit();
+        if (active) {
+            bool moved = false;
+#pragma unroll
+            for (int i = 0; i < MR; i++) moved |= al[i][0] != 1.f || al[i][1] != 1.f;
+            if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+                for (int i = 0; i < MR; i++)
+#pragma unroll
+                    for (int j = 0; j < DT; j++) {
+                        o[i][j][0] *= al[i][0];
+                        o[i][j][1] *= al[i][0];
+                        o[i][j][2] *= al[i][1];
+                        o[i][j][3] *= al[i][1];
+                    }
+            }
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+#pragma unroll
+                for (int dp = 0; dp < D / 16; dp++) {
+                    uint32_t b0, b1, b2, b3;
+                    int mi = lane >> 3;
+                    krn_ldmatrix_x4_trans(b0, b1, b2, b3,
+                                          krn_smem_u32(cV + swz<D>(kk * 16 + (mi & 1) * 8 + (lane & 7), dp * 2 + (mi >> 1))));
+#pragma unroll
+                    for (int i = 0; i < MR; i++) {
+                        krn_mma_bf16(o[i][2 * dp], pf[i][kk], b0, b1);
+                        krn_mma_bf16(o[i][2 * dp + 1], pf[i][kk], b2, b3);
+                    }
+                }
+            }
+        }
+        cur = nx;
+    }
+    krn_cp_async_wait<0>();
+
+    __nv_bfloat16 *out = reinterpret_cast<__nv_bfloat16 *>(a.out) + h * D;
+    const float ln2 = 0.69314718055994531f;
+#pragma unroll
+    for (int i = 0; i < MR; i++)
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            float l = l_s[i][hh];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const float inv = l > 0.f ? 1.f / l : 0.f;
+            const int row = q0w + i * 16 + (lane >> 2) + hh * 8;
+            if (row < n) {
+#pragma unroll
+                for (int j = 0; j < DT; j++)
+                    *reinterpret_cast<uint32_t *>(out + (size_t)row * a.out_stride + j * 8 + (lane & 3) * 2) =
+                        krn_pack_bf16(o[i][j][2 * hh] * inv, o[i][j][2 * hh + 1] * inv);
+                if (a.lse && (lane & 3) == 0)
+                    a.lse[(size_t)h * n + row] = l > 0.f ? (m_s[i][hh] + log2f(l)) * ln2 : -INFINITY;
+            }
+        }
+}
+
+template <int D, int SHARE>
+int launch_pair(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
+    const size_t smem = (size_t)(128 * D + 4 * kBN * D) * sizeof(__nv_bfloat16);
+    CUDA_RET(cudaFuncSetAttribute(attn_pair_kernel<D, SHARE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    const int n_pb = (ix->n_rb + 1) / 2;
+    if (n_pb > 65535) return eng_err_set(err, "sparse attention: n = %d needs %d row-block pairs (grid limit 65535)", a->n, n_pb);
+    dim3 grid(a->H, n_pb);
+    const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
+    attn_pair_kernel<D, SHARE><<<grid, 128, smem, st>>>(*a, *ix, scale_log2);
+    LAUNCH_RET("attn_pair_kernel");
+    return 0;
+}
+
 int check_args(const krn_attn_args *a, eng_err *err) {
     if (!a || !a->q || !a->k || !a->v || !a->out) return eng_err_set(err, "attention: NULL tensor");
     if (a->n <= 0) return eng_err_set(err, "attention: n = %d must be > 0", a->n);
@@ -595,6 +889,9 @@ extern "C" int krn_attn_dense(const krn_attn_args *a, int variant, cudaStream_t 
     case 1: return d64 ? launch<64, 4, MODE_DENSE>(a, nullptr, s, err) : launch<128, 4, MODE_DENSE>(a, nullptr, s, err);
     case 2: return d64 ? launch<64, 8, MODE_DENSE>(a, nullptr, s, err) : launch<128, 8, MODE_DENSE>(a, nullptr, s, err);
     case 3: return d64 ? launch2<64, 4, 2, 2, MODE_DENSE>(a, nullptr, s, err) : launch2<128, 4, 2, 2, MODE_DENSE>(a, nullptr, s, err);
+    case 4: /* the sparse pair kernels' variants; dense runs variant 0 (its rows measure run-to-run spread) */
+    case 5:
+        return d64 ? launch2<64, 4, 2, 1, MODE_DENSE>(a, nullptr, s, err) : launch2<128, 4, 2, 1, MODE_DENSE>(a, nullptr, s, err);
     default: return eng_err_set(err, "attention: unknown dense kernel variant %d (0..%d)", variant, KRN_ATTN_VARIANTS - 1);
     }
 }
@@ -608,10 +905,12 @@ extern "C" int krn_attn_sparse_variant(const krn_attn_args *a, const krn_index_d
         return eng_err_set(err, "sparse attention: index built for n = %d, attention has n = %d", ix->n, a->n);
     const bool d64 = a->d == 64;
     switch (variant) {
-    case 0: return d64 ? launch2<64, 2, 2, 1, MODE_SPARSE>(a, ix, s, err) : launch2<128, 2, 2, 1, MODE_SPARSE>(a, ix, s, err);
+    case 0: return d64 ? launch_pair<64, 1>(a, ix, s, err) : launch_pair<128, 1>(a, ix, s, err);
     case 1:
     case 2: return d64 ? launch<64, 4, MODE_SPARSE>(a, ix, s, err) : launch<128, 4, MODE_SPARSE>(a, ix, s, err);
     case 3: return d64 ? launch2<64, 2, 2, 1, MODE_SPARSE, 1>(a, ix, s, err) : launch2<128, 2, 2, 1, MODE_SPARSE, 1>(a, ix, s, err);
+    case 4: return d64 ? launch2<64, 2, 2, 1, MODE_SPARSE>(a, ix, s, err) : launch2<128, 2, 2, 1, MODE_SPARSE>(a, ix, s, err);
+    case 5: return d64 ? launch_pair<64, 0>(a, ix, s, err) : launch_pair<128, 0>(a, ix, s, err);
     default: return eng_err_set(err, "sparse attention: unknown kernel variant %d (0..%d)", variant, KRN_ATTN_VARIANTS - 1);
     }
 }

@@ -172,6 +172,18 @@ static void hidx_random(hidx *x, int H, int n, uint64_t *seed) {
         }
     for (size_t r = 0; r < rows; r++) {
         int rb = (int)(r % x->n_rb), m0 = rb * 64, m1 = m0 + 64 < n ? m0 + 64 : n;
+        /* Sometimes the previous row block's lists again (plus its own diagonal block when that
+         * does not overlap): neighbours sharing blocks and columns, as VS and A-shape indexes
+         * have them (the paired sparse kernel, variant 0, loads such tiles once for both). */
+        if (rb > 0 && tu_rand_u64(seed) % 3 == 0) {
+            int nb = x->bc[r - 1], *bo = x->bo + r * x->mb;
+            memcpy(bo, x->bo + (r - 1) * x->mb, (size_t)nb * 4);
+            if (m1 - 64 >= m0 && nb < x->mb && tu_rand_u64(seed) % 2) bo[nb++] = m1 - 64;
+            x->bc[r] = nb;
+            x->cc[r] = x->cc[r - 1];
+            memcpy(x->ci + r * x->mc, x->ci + (r - 1) * x->mc, (size_t)x->cc[r] * 4);
+            continue;
+        }
         memset(used, 0, (size_t)n);
         int *bo = x->bo + r * x->mb, nb = 0;
         /* Diagonal block ending at m1 (start may be < m0 when m1 - 64 is), sometimes absent. */
