@@ -70,7 +70,7 @@ $(BUILD)/libattnscope.a: $(LIB_OBJ)
 $(BUILD)/attnscope: $(BUILD)/obj/app/main.o $(BUILD)/libattnscope.a
 	$(CC) $(CFLAGS) $(SAN) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/%.c $(BUILD)/libattnscope.a tests/test_util.h
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libattnscope.a tests/test_util.h tests/gpu_util.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(SAN) -Itests $< $(BUILD)/libattnscope.a -o $@ $(LDLIBS) -lcmocka
 

@@ -5,6 +5,9 @@
 
 #include <stdio.h>
 
+#include "eng_model.h"
+#include "eng_tok.h"
+
 typedef struct {
     const char *name;
     int (*fn)(int argc, char **argv);
@@ -27,6 +30,15 @@ int cli_parse_float(const char *cmd, const char *flag, const char *s, double lo,
 char *cli_read_file(const char *cmd, const char *path, size_t max_bytes, size_t *len);
 /* Write text atomically: tmp file in the same directory, fsync, rename. 0 ok, -1 (printed). */
 int cli_write_atomic(const char *cmd, const char *path, const char *data, size_t len);
+/* Largest prompt file the commands read. */
+#define CLI_PROMPT_MAX_BYTES (64u << 20)
+/* "1,2,3" -> ids; strict: decimal ids in [0, vocab), single commas. Prints a usage error on failure. */
+int cli_parse_tokens(const char *cmd, const char *s, int vocab, int **ids, int *n);
+/* The prompt of a command: --tokens ids, else --prompt FILE or --text STR through the model's
+ * tokenizer (BOS added). *tok is loaded when possible (with --tokens only for labels, optional).
+ * Returns the exit code to use on failure (1 runtime, 2 usage), 0 on success with *n >= 1. */
+int cli_load_prompt(const char *cmd, const char *model_dir, const eng_config *cfg, const char *prompt,
+                    const char *text, const char *tokens, eng_tokenizer **tok, int **ids, int *n);
 /* The full command line, for provenance (PNG tEXt, JSON reports). Set by main. */
 extern char cli_cmdline[4096];
 

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "eng_err.h"
 
 char cli_cmdline[4096];
 
@@ -109,6 +110,65 @@ int cli_write_atomic(const char *cmd, const char *path, const char *data, size_t
         cli_error(cmd, "cannot write %s: %s", path, strerror(errno));
         unlink(tmp);
         return -1;
+    }
+    return 0;
+}
+
+int cli_parse_tokens(const char *cmd, const char *s, int vocab, int **ids, int *n) {
+    int cap = 64, cnt = 0;
+    int *v = malloc(sizeof(int) * (size_t)cap);
+    const char *p = s;
+    while (v) {
+        if (*p < '0' || *p > '9') break;
+        long x = 0;
+        while (*p >= '0' && *p <= '9' && x <= 2000000000L) x = x * 10 + (*p++ - '0');
+        if (x >= vocab) {
+            cli_error(cmd, "--tokens: id %ld is outside the model's vocabulary [0, %d)", x, vocab);
+            free(v);
+            return -1;
+        }
+        if (cnt == cap) {
+            int *nv = cap < (1 << 28) ? realloc(v, sizeof(int) * (size_t)cap * 2) : NULL;
+            if (!nv) break;
+            v = nv, cap *= 2;
+        }
+        v[cnt++] = (int)x;
+        if (!*p) {
+            *ids = v, *n = cnt;
+            return 0;
+        }
+        if (*p++ != ',') break;
+    }
+    cli_error(cmd, "--tokens: bad value '%s' (want comma-separated token ids, e.g. 1,2,3)", s);
+    free(v);
+    return -1;
+}
+
+int cli_load_prompt(const char *cmd, const char *model_dir, const eng_config *cfg, const char *prompt,
+                    const char *text, const char *tokens, eng_tokenizer **tok, int **ids, int *n) {
+    eng_err err;
+    *tok = NULL, *ids = NULL, *n = 0;
+    if (tokens) {
+        if (cli_parse_tokens(cmd, tokens, cfg->vocab_size, ids, n)) return 2;
+        *tok = eng_tok_load(model_dir, cfg, &err); /* only for showing token text; optional */
+    } else {
+        if (!(*tok = eng_tok_load(model_dir, cfg, &err))) {
+            cli_error(cmd, "%s", err.msg);
+            return 2;
+        }
+        size_t len = 0;
+        char *buf = NULL;
+        if (prompt && !(buf = cli_read_file(cmd, prompt, CLI_PROMPT_MAX_BYTES, &len))) return 1;
+        int bad = eng_tok_encode(*tok, prompt ? buf : text, prompt ? len : strlen(text), 1, ids, n, &err);
+        free(buf);
+        if (bad) {
+            cli_error(cmd, "%s", err.msg);
+            return 1;
+        }
+    }
+    if (*n < 1) {
+        cli_error(cmd, "the prompt is empty (no tokens)");
+        return 2;
     }
     return 0;
 }

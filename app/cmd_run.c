@@ -20,7 +20,6 @@
 #include "eng_transform.h"
 #include "eng_tok.h"
 
-#define PROMPT_MAX_BYTES (64u << 20)
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -41,53 +40,6 @@ static void usage(FILE *f) {
             "                      attention and MLP weights; reports KL/top-1/perplexity vs the original\n"
             "  --generate N        then generate N tokens greedily (dense KV-cache decode, CPU) and print them\n"
             "  -h, --help          this help\n");
-}
-
-/* "1,2,3" -> ids; strict: decimal ids in [0, vocab), single commas, nothing else. */
-static int parse_tokens(const char *s, int vocab, int **ids, int *n) {
-    int cap = 16, cnt = 0;
-    int *v = malloc(sizeof(int) * (size_t)cap);
-    if (!v) {
-        cli_error("run", "out of memory");
-        return -1;
-    }
-    const char *p = s;
-    for (;;) {
-        if (*p < '0' || *p > '9') {
-            cli_error("run", "--tokens: bad value '%s' (want comma-separated token ids, e.g. 1,2,3)", s);
-            free(v);
-            return -1;
-        }
-        long x = 0;
-        while (*p >= '0' && *p <= '9') {
-            x = x * 10 + (*p++ - '0');
-            if (x > 2000000000L) break;
-        }
-        if (x >= vocab) {
-            cli_error("run", "--tokens: id %ld is outside the model's vocabulary [0, %d)", x, vocab);
-            free(v);
-            return -1;
-        }
-        if (cnt == cap) {
-            int *nv = cap < (1 << 28) ? realloc(v, sizeof(int) * (size_t)cap * 2) : NULL;
-            if (!nv) {
-                cli_error("run", "--tokens: too many ids");
-                free(v);
-                return -1;
-            }
-            v = nv, cap *= 2;
-        }
-        v[cnt++] = (int)x;
-        if (*p == 0) break;
-        if (*p != ',') {
-            cli_error("run", "--tokens: bad value '%s' (want comma-separated token ids, e.g. 1,2,3)", s);
-            free(v);
-            return -1;
-        }
-        p++;
-    }
-    *ids = v, *n = cnt;
-    return 0;
 }
 
 typedef struct {
@@ -281,7 +233,6 @@ int cmd_run(int argc, char **argv) {
     eng_tokenizer *tok = NULL;
     eng_backend *be = NULL;
     int *ids = NULL, n = 0;
-    char *buf = NULL;
     eng_prefill_out out;
     memset(&out, 0, sizeof out);
     eng_patcfg pcfg;
@@ -293,30 +244,9 @@ int cmd_run(int argc, char **argv) {
         cli_error("run", "%s", err.msg);
         goto done;
     }
-    if (tokens_s) {
-        if (parse_tokens(tokens_s, m->cfg.vocab_size, &ids, &n)) {
-            rc = 2;
-            goto done;
-        }
-        tok = eng_tok_load(model_dir, &m->cfg, &err); /* only for showing token text; optional */
-    } else {
-        if (!(tok = eng_tok_load(model_dir, &m->cfg, &err))) {
-            cli_error("run", "%s", err.msg);
-            rc = 2;
-            goto done;
-        }
-        size_t len = 0;
-        if (prompt && !(buf = cli_read_file("run", prompt, PROMPT_MAX_BYTES, &len))) goto done;
-        if (eng_tok_encode(tok, prompt ? buf : text, prompt ? len : strlen(text), 1, &ids, &n, &err)) {
-            cli_error("run", "%s", err.msg);
-            goto done;
-        }
-    }
-    if (n < 1) {
-        cli_error("run", "the prompt is empty (no tokens)");
-        rc = 2;
+    if ((rc = cli_load_prompt("run", model_dir, &m->cfg, prompt, text, tokens_s, &tok, &ids, &n)) != 0)
         goto done;
-    }
+    rc = 1;
     if (patterns && (eng_patcfg_load(&pcfg, patterns, &err) ||
                      eng_patcfg_check_model(&pcfg, m->cfg.n_layers, m->cfg.n_heads, &err))) {
         cli_error("run", "--patterns %s: %s", patterns, err.msg);
@@ -430,6 +360,5 @@ done:
     eng_report_free(&rep);
     eng_model_free(m);
     free(ids);
-    free(buf);
     return rc;
 }

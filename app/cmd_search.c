@@ -15,7 +15,6 @@
 #include "eng_search.h"
 #include "eng_tok.h"
 
-#define PROMPT_MAX_BYTES (64u << 20)
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -42,37 +41,6 @@ static void usage(FILE *f) {
             "  --tie TOL            candidates within TOL of the best score tie; the cheapest wins (default 0.001)\n"
             "  --backend B          auto (default), cpu or cuda\n"
             "  -h, --help           this help\n");
-}
-
-static int parse_ids(const char *s, int vocab, int **ids, int *n) {
-    int cap = 64, cnt = 0;
-    int *v = malloc(sizeof(int) * (size_t)cap);
-    const char *p = s;
-    while (v) {
-        char *end;
-        if (*p < '0' || *p > '9') break;
-        long x = strtol(p, &end, 10);
-        if (x >= vocab) {
-            cli_error("search", "--tokens: id %ld is outside the model's vocabulary [0, %d)", x, vocab);
-            free(v);
-            return -1;
-        }
-        if (cnt == cap) {
-            int *nv = cap < (1 << 28) ? realloc(v, sizeof(int) * (size_t)cap * 2) : NULL;
-            if (!nv) break;
-            v = nv, cap *= 2;
-        }
-        v[cnt++] = (int)x;
-        p = end;
-        if (!*p) {
-            *ids = v, *n = cnt;
-            return 0;
-        }
-        if (*p++ != ',') break;
-    }
-    cli_error("search", "--tokens: bad value '%s' (want comma-separated token ids, e.g. 1,2,3)", s);
-    free(v);
-    return -1;
 }
 
 static void progress(void *ctx, int done, int total) { cli_report_progress(ctx, "search", done, total); }
@@ -152,7 +120,6 @@ int cmd_search(int argc, char **argv) {
     eng_tokenizer *tok = NULL;
     eng_backend *be = NULL;
     int *ids = NULL, n = 0;
-    char *buf = NULL;
     eng_search_set set;
     memset(&set, 0, sizeof set);
     eng_patcfg pc;
@@ -176,29 +143,9 @@ int cmd_search(int argc, char **argv) {
         cli_error("search", "%s", err.msg);
         goto done;
     }
-    if (tokens_s) {
-        if (parse_ids(tokens_s, m->cfg.vocab_size, &ids, &n)) {
-            rc = 2;
-            goto done;
-        }
-    } else {
-        if (!(tok = eng_tok_load(model_dir, &m->cfg, &err))) {
-            cli_error("search", "%s", err.msg);
-            rc = 2;
-            goto done;
-        }
-        size_t len = 0;
-        if (prompt && !(buf = cli_read_file("search", prompt, PROMPT_MAX_BYTES, &len))) goto done;
-        if (eng_tok_encode(tok, prompt ? buf : text, prompt ? len : strlen(text), 1, &ids, &n, &err)) {
-            cli_error("search", "%s", err.msg);
-            goto done;
-        }
-    }
-    if (n < 1) {
-        cli_error("search", "the prompt is empty (no tokens)");
-        rc = 2;
+    if ((rc = cli_load_prompt("search", model_dir, &m->cfg, prompt, text, tokens_s, &tok, &ids, &n)) != 0)
         goto done;
-    }
+    rc = 1;
     if (!(be = eng_backend_create(backend, &err))) {
         cli_error("search", "backend %s: %s", backend, err.msg);
         goto done;
@@ -272,6 +219,5 @@ done:
     eng_tok_free(tok);
     eng_model_free(m);
     free(ids);
-    free(buf);
     return rc;
 }

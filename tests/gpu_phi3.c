@@ -4,7 +4,7 @@
  * prompt uses the short factors, a 100-token one the long factors; longrope's cos/sin factor is
  * folded into the GPU's q/k weights, so the GPU must land near the CPU with the factor and clearly
  * farther from a CPU run without it. Tolerances as tests/gpu_prefill.c (bf16 vs f32). */
-#include "test_util.h"
+#include "gpu_util.h"
 
 #include <cuda_runtime_api.h>
 
@@ -20,27 +20,10 @@
 #define V_ 1000
 #define L_ 2
 
-static int have_gpu(void) {
-    int c = 0;
-    return cudaGetDeviceCount(&c) == cudaSuccess && c > 0;
-}
-
 typedef struct {
     eng_model m;
     float *pool;
 } phi3_model;
-
-static void fill(eng_tensor *t, const char *name, float **p, int64_t r, int64_t c, uint64_t *seed, float sc,
-                 float add) {
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->dtype = ENG_DT_F32;
-    t->ndim = c ? 2 : 1;
-    t->shape[0] = r, t->shape[1] = c;
-    t->numel = c ? r * c : r;
-    t->data = *p;
-    for (int64_t i = 0; i < t->numel; i++) (*p)[i] = tu_randf(seed) * sc + add;
-    *p += t->numel;
-}
 
 static void slice(eng_tensor *out, const eng_tensor *f, int64_t r0, int64_t rows) {
     *out = *f;
@@ -76,20 +59,20 @@ static void phi3_init(phi3_model *f, uint64_t seed) {
     assert_non_null(f->pool), assert_non_null(f->m.layers);
     float *p = f->pool;
     const float ws = 1.7f / sqrtf((float)C_);
-    fill(&f->m.embed, "embed", &p, V_, C_, &seed, 1.0f, 0);
-    fill(&f->m.lm_head, "lm_head", &p, V_, C_, &seed, ws, 0);
-    fill(&f->m.final_norm, "norm", &p, C_, 0, &seed, 0.1f, 1.0f);
+    tensor(&f->m.embed, "embed", &p, V_, C_, &seed, 1.0f, 0);
+    tensor(&f->m.lm_head, "lm_head", &p, V_, C_, &seed, ws, 0);
+    tensor(&f->m.final_norm, "norm", &p, C_, 0, &seed, 0.1f, 1.0f);
     for (int l = 0; l < L_; l++) {
         eng_layer_weights *w = &f->m.layers[l];
         eng_tensor qkv, gu;
-        fill(&w->attn_norm, "attn_norm", &p, C_, 0, &seed, 0.1f, 1.0f);
-        fill(&w->ffn_norm, "ffn_norm", &p, C_, 0, &seed, 0.1f, 1.0f);
-        fill(&qkv, "qkv_proj", &p, qd + 2 * kvd, C_, &seed, ws, 0);
+        tensor(&w->attn_norm, "attn_norm", &p, C_, 0, &seed, 0.1f, 1.0f);
+        tensor(&w->ffn_norm, "ffn_norm", &p, C_, 0, &seed, 0.1f, 1.0f);
+        tensor(&qkv, "qkv_proj", &p, qd + 2 * kvd, C_, &seed, ws, 0);
         slice(&w->wq, &qkv, 0, qd), slice(&w->wk, &qkv, qd, kvd), slice(&w->wv, &qkv, qd + kvd, kvd);
-        fill(&w->wo, "wo", &p, C_, qd, &seed, 1.0f / sqrtf((float)qd), 0);
-        fill(&gu, "gate_up_proj", &p, 2 * F_, C_, &seed, ws, 0);
+        tensor(&w->wo, "wo", &p, C_, qd, &seed, 1.0f / sqrtf((float)qd), 0);
+        tensor(&gu, "gate_up_proj", &p, 2 * F_, C_, &seed, ws, 0);
         slice(&w->w_gate, &gu, 0, F_), slice(&w->w_up, &gu, F_, F_);
-        fill(&w->w_down, "w_down", &p, C_, F_, &seed, 1.0f / sqrtf((float)F_), 0);
+        tensor(&w->w_down, "w_down", &p, C_, F_, &seed, 1.0f / sqrtf((float)F_), 0);
     }
 }
 
