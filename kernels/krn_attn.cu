@@ -588,7 +588,7 @@ int launch(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng
  * ST = 1, per stage: V_t copies during S = Q K_t^T, K_t+1 during O += P V_t.
  * Shared memory: Q [128][D] + K, V [2 stages][64][D] (96 KB at d 128, 2 CTAs per SM).
  * Measured (H200, bench/RESULTS.md): +4% (A-shape, fixed VS) to +10% (dynamic VS at 128K) over
- * attn2's 2-warp CTAs, BS even; without sharing (SHARE 0) the same CTA is 12% slower than attn2. */
+ * attn2's 2-warp CTAs, BS even; without sharing (SHARE 0) the same CTA is 12-14% slower than attn2. */
 constexpr int kNone = -2147483647 - 1; /* no tile for this stage */
 
 struct PStep {
