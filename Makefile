@@ -46,7 +46,7 @@ GPU_SRC   := $(wildcard tests/gpu_*.c)
 GPU_BIN   := $(if $(HAVE_CUDA),$(patsubst tests/%.c,$(BUILD)/tests/%,$(GPU_SRC)),)
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 
-.PHONY: all deps test test-gpu asan run bench fuzz clean backends format
+.PHONY: all deps test test-gpu test-gpu-local asan run bench fuzz clean backends format
 all: deps $(BUILD)/attnscope backends
 
 backends:
@@ -77,7 +77,13 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libattnscope.a tests/test_util.h tests/gpu_
 test: deps $(BUILD)/attnscope $(TEST_BIN) backends
 	@tests/run.sh $(BUILD) $(TEST_BIN)
 
-test-gpu: deps $(BUILD)/attnscope $(GPU_BIN)
+# On a machine without the -dev packages and without network (the lent GPU machine), the build uses
+# the Debian packages carried in .carry/debs (tools/gpu_build.sh prepare, run where apt works).
+test-gpu:
+	@if ! tools/deps.sh --check 2>/dev/null && [ -d .carry/debs ]; then tools/gpu_build.sh test-gpu; \
+	 else $(MAKE) --no-print-directory test-gpu-local; fi
+
+test-gpu-local: deps $(BUILD)/attnscope $(GPU_BIN)
 	@tests/run_gpu.sh $(BUILD) $(GPU_BIN)
 
 asan:

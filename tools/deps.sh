@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages attnscope needs when something is missing (called by make).
+# --check: only report (exit 1 when something is missing).
 set -u
 need=()
 h() { [ -e "$1" ] || need+=("$2"); }
@@ -9,6 +10,7 @@ h /usr/include/ncursesw/ncurses.h libncurses-dev
 h /usr/include/cmocka.h libcmocka-dev
 [ -e /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] || [ -e /usr/include/cblas.h ] || need+=(libopenblas-dev)
 [ ${#need[@]} -eq 0 ] && exit 0
+if [ "${1:-}" = --check ]; then echo "attnscope: missing packages: ${need[*]}" >&2; exit 1; fi
 echo "attnscope: installing missing packages: ${need[*]}"
 if [ "$(id -u)" != 0 ]; then
     if command -v sudo >/dev/null; then SUDO=sudo; else

@@ -7,6 +7,9 @@
 #                                and run make with include/lib paths and an rpath into it; skips
 #                                tools/deps.sh (no network there). Default targets: the binary and
 #                                every tests/gpu_* binary.
+#   tools/gpu_build.sh test-gpu [BUILD]
+#                                (on the GPU machine) build, then run every GPU test (make test-gpu
+#                                calls this when the -dev packages are missing and .carry/debs exists).
 #   tools/gpu_build.sh env       print the make variables (for calling make by hand).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +28,7 @@ prepare)
     (cd .carry/debs && apt-get download $PKGS)
     du -sh .carry/debs
     ;;
-env|build)
+env|build|test-gpu)
     if [ ! -d "$SYSROOT/usr/include" ]; then
         ls .carry/debs/*.deb >/dev/null 2>&1 || { echo "gpu_build: no .carry/debs (run 'tools/gpu_build.sh prepare' here and carry .carry)" >&2; exit 1; }
         mkdir -p "$SYSROOT"
@@ -39,6 +42,15 @@ env|build)
     L2="$SYSROOT/lib/x86_64-linux-gnu" # ncursesw6/tinfo6 live in /lib (the -dev linker script names them)
     lib="-L$L -L$L/openblas-pthread -L$L2 -Wl,-rpath,$L -Wl,-rpath,$L/openblas-pthread -Wl,-rpath,$L2"
     if [ "$mode" = env ]; then echo "EXTRA_CFLAGS=$inc $lib"; exit 0; fi
+    if [ "$mode" = test-gpu ]; then
+        build=${2:-build-gpu}
+        gpu=(); for t in tests/gpu_*.c; do [ -e "$t" ] && gpu+=("$build/tests/$(basename "$t" .c)"); done
+        make -k -j"$(nproc)" WERROR=${WERROR:-0} BUILD="$build" EXTRA_CFLAGS="$inc $lib" "$build/attnscope" "${gpu[@]}" \
+            >"${TMPDIR:-/tmp}/attnscope-gpu-build.log" 2>&1 || {
+            grep -E "error|undefined" "${TMPDIR:-/tmp}/attnscope-gpu-build.log" | head -20
+            echo "gpu_build: build failed (log: ${TMPDIR:-/tmp}/attnscope-gpu-build.log)" >&2; exit 1; }
+        exec tests/run_gpu.sh "$build" "${gpu[@]}"
+    fi
     shift
     build=${1:-build}; [ $# -gt 0 ] && shift
     targets=("$@")
@@ -49,5 +61,5 @@ env|build)
     make -k -j"$(nproc)" WERROR=${WERROR:-0} BUILD="$build" EXTRA_CFLAGS="$inc $lib" "${targets[@]}"
     ;;
 *)
-    echo "usage: tools/gpu_build.sh prepare | build [BUILD] [targets...] | env" >&2; exit 2 ;;
+    echo "usage: tools/gpu_build.sh prepare | build [BUILD] [targets...] | test-gpu [BUILD] | env" >&2; exit 2 ;;
 esac
