@@ -117,6 +117,14 @@ int cmp_double(const void *a, const void *b) {
 } /* namespace */
 
 extern "C" int krn_bench_device(char *buf, int cap, eng_err *err) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count < 1) {
+        cudaGetLastError(); /* clear the sticky "no device" error */
+        return eng_err_set(err, "no usable CUDA GPU (%s): the benchmark times GPU kernels; on the CPU use "
+                                "attnscope run --patterns CFG.json (per-layer attention times) or bench/cpu_sparse.sh",
+                           e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+    }
     cudaDeviceProp p;
     CUDA_RET(cudaGetDeviceProperties(&p, 0));
     snprintf(buf, (size_t)cap, "%s", p.name);
