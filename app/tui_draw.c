@@ -618,9 +618,14 @@ void tui_draw_frame(const tui_layout *l, const tui_state *s, const eng_snapshot 
         char msg[160];
         snprintf(msg, sizeof msg, "attnscope needs a terminal of at least %dx%d (this one is %dx%d); q quits",
                  TUI_MIN_COLS, TUI_MIN_ROWS, l->cols, l->rows);
-        int len = (int)strlen(msg);
-        int y = l->rows / 2, x = len < l->cols ? (l->cols - len) / 2 : 0;
-        put(y, x, l->cols - x, R_WARN, "%s", msg);
+        /* wrapped to the width, so the size and "q quits" stay readable on any screen */
+        int len = (int)strlen(msg), w = l->cols > 0 ? l->cols : 1;
+        int lines = (len + w - 1) / w, y = (l->rows - lines) / 2;
+        for (int i = 0; i < lines; i++) {
+            int seg = len - i * w < w ? len - i * w : w;
+            int x = seg < w ? (w - seg) / 2 : 0;
+            put(y + i > 0 ? y + i : 0, x, seg, R_WARN, "%.*s", seg, msg + i * w);
+        }
         return;
     }
     draw_header(l, snap, st);
