@@ -29,8 +29,9 @@ static void usage(FILE *f) {
                "                  vs,bs,ashape,dense; 'dense' here is the dense index through the sparse kernel).\n"
                "                  xattn and flex (their default parameters) have no GPU index builder: Q/K are\n"
                "                  copied back, the indexes built on the CPU threads and uploaded, all timed as\n"
-               "                  index time ('[host index]' rows); dma and nm have no GPU kernel: listed as\n"
-               "                  CPU-only rows, not timed (attnscope run / search / eval run them on the CPU)\n"
+               "                  index time ('[host index]' rows); dma and nm (their default parameters) run\n"
+               "                  their own kernels: dma's index time is its key-score + threshold build, nm's\n"
+               "                  TFLOP/s count every causal logit (it computes them all), density the kept share\n"
                "  --vs V,S        vertical-slash budgets (default 1000,6096)\n"
                "  --bs K          block-sparse blocks per row block (default 100)\n"
                "  --ashape I,L    A-shape sinks and window (default 1024,4096)\n"
@@ -64,23 +65,8 @@ static int parse_pair(const char *s, int *a, int *b) {
 
 #ifdef ATTNSCOPE_CUDA
 /* --synthetic: end-to-end prefill rows for each N (krn_bench_prefill), one table and JSON. */
-/* Patterns with no GPU kernel (DMA, N:M): one labelled row each, never silently dropped. */
-static void cpu_only_rows(const eng_pattern *cpu, int n_cpu, int n, cJSON *arr) {
-    for (int i = 0; i < n_cpu; i++) {
-        char name[64];
-        eng_pattern_describe(&cpu[i], name, sizeof name);
-        printf("%8d  %-34s CPU only: no GPU kernel, not timed (%s)\n", n, name, eng_pattern_kind_label(cpu[i].kind));
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddNumberToObject(o, "n", n);
-        cJSON_AddStringToObject(o, "kernel", name);
-        cJSON_AddBoolToObject(o, "cpu_only", 1);
-        cJSON_AddStringToObject(o, "note", "no GPU kernel for this pattern kind; not timed");
-        cJSON_AddItemToArray(arr, o);
-    }
-}
-
-static int bench_prefill(const char *model, const char *ns, const krn_bench_cfg *kc, const eng_pattern *cpu,
-                         int n_cpu, int reps, const char *json, const char *dev) {
+static int bench_prefill(const char *model, const char *ns, const krn_bench_cfg *kc, int reps, const char *json,
+                         const char *dev) {
     krn_e2e_cfg ec;
     memset(&ec, 0, sizeof ec);
     if (strlen(model) >= sizeof ec.model) {
@@ -144,7 +130,6 @@ static int bench_prefill(const char *model, const char *ns, const krn_bench_cfg 
             cJSON_AddNumberToObject(o, "speedup_vs_dense", rows[0].prefill_s / r->prefill_s);
             cJSON_AddItemToArray(arr, o);
         }
-        cpu_only_rows(cpu, n_cpu, ec.n, arr);
         fflush(stdout);
     }
     if (json) {
@@ -222,23 +207,18 @@ int cmd_bench(int argc, char **argv) {
         return 2;
     }
     char buf[256];
-    eng_pattern cpu[KRN_BENCH_MAX_PATS]; /* kinds with no GPU kernel: CPU-only rows */
-    int n_cpu = 0;
     snprintf(buf, sizeof buf, "%s", pats);
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        if (cfg.n_pats + n_cpu == KRN_BENCH_MAX_PATS) {
+        if (cfg.n_pats == KRN_BENCH_MAX_PATS) {
             cli_error("bench", "--patterns: at most %d", KRN_BENCH_MAX_PATS);
             return 2;
         }
         eng_pat_kind kind;
-        if (!eng_pattern_kind_parse(t, &kind) && (kind == ENG_PAT_DMA || kind == ENG_PAT_NM)) {
-            cpu[n_cpu++] = eng_pattern_make(kind);
-            continue;
-        }
         eng_pattern *p = &cfg.pats[cfg.n_pats++];
         memset(p, 0, sizeof *p);
-        if (!eng_pattern_kind_parse(t, &kind) && (kind == ENG_PAT_XATTN || kind == ENG_PAT_FLEX)) {
-            *p = eng_pattern_make(kind); /* index built on the host (krn_bench.cu) */
+        if (!eng_pattern_kind_parse(t, &kind) &&
+            (kind == ENG_PAT_XATTN || kind == ENG_PAT_FLEX || kind == ENG_PAT_DMA || kind == ENG_PAT_NM)) {
+            *p = eng_pattern_make(kind); /* xattn / flex: index built on the host; dma / nm: krn_dma.cu */
         } else if (!strcmp(t, "vs")) {
             p->kind = ENG_PAT_VS;
             if (parse_pair(vs, &p->vertical, &p->slash)) {
@@ -266,7 +246,7 @@ int cmd_bench(int argc, char **argv) {
         cli_error("bench", "%s", err.msg);
         return 1;
     }
-    if (synth) return bench_prefill(synth, ns, &cfg, cpu, n_cpu, reps, json, dev);
+    if (synth) return bench_prefill(synth, ns, &cfg, reps, json, dev);
     printf("attnscope bench: %s, H=%d Hkv=%d d=%d, bf16, causal, median of %d\n", dev, H, Hkv, d, reps);
     printf("%8s  %-34s %9s %9s %9s %8s %8s %9s %9s\n", "N", "kernel", "index ms", "attn ms", "total ms", "density",
            "vs dense", "TFLOP/s", "TF/s tot");
@@ -317,7 +297,6 @@ int cmd_bench(int argc, char **argv) {
             if (strstr(r->name, "[host index]")) cJSON_AddBoolToObject(o, "host_index", 1);
             cJSON_AddItemToArray(arr, o);
         }
-        cpu_only_rows(cpu, n_cpu, cfg.n, arr);
         fflush(stdout);
     }
     if (json) {

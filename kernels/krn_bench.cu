@@ -6,6 +6,7 @@
 
 #include "krn_attn.h"
 #include "krn_common.cuh"
+#include "krn_dma.h"
 #include "krn_index.h"
 #include "krn_ops.h"
 #include "krn_prefill.h"
@@ -104,6 +105,57 @@ int host_index(const eng_pattern *p, const void *dq, const void *dk, int n, int 
     return rc;
 }
 
+int cmp_double(const void *a, const void *b);
+
+/* A DMA / N:M row (krn_dma.h): index time = the DMA mask build (key scores, thresholds, tile
+ * maxima; 0 for N:M), attention time = the masked kernel; pairs = the kept (row, key) pairs the
+ * kernel counts in a first, untimed run. N:M computes every causal logit, so its TFLOP/s count
+ * all causal entries; DMA's count the kept ones. */
+int bench_masked(const eng_pattern *p, const krn_attn_args *a, int reps, double causal, cudaEvent_t e0, cudaEvent_t e1,
+                 cudaEvent_t e2, cudaStream_t st, double *ti, double *ta, double *tt, krn_bench_row *row, eng_err *err) {
+    const bool dma = p->kind == ENG_PAT_DMA;
+    krn_mask_ws w = {};
+    unsigned long long cnt[2] = {0, 0};
+    int rc = -1;
+    if (krn_mask_ws_alloc(&w, a->H, a->n, err)) return -1;
+    if (krn_mask_attend(p, a, 0, a->H, &w, w.count, st, err)) goto fail;
+    CUDA_TRY(cudaMemcpyAsync(cnt, w.count, sizeof cnt, cudaMemcpyDeviceToHost, st));
+    CUDA_TRY(cudaStreamSynchronize(st));
+    for (int r = -1; r < reps; r++) { /* the counting run warmed up: one more warm-up */
+        CUDA_TRY(cudaEventRecord(e0, st));
+        if (dma && krn_dma_build(p, a, 0, a->H, &w, st, err)) goto fail;
+        CUDA_TRY(cudaEventRecord(e1, st));
+        if (dma ? krn_attn_dma(a, 0, a->H, &w, p->n_init, p->n_local, nullptr, st, err)
+                : krn_attn_nm(a, 0, a->H, p->nm_n, p->nm_m, nullptr, st, err))
+            goto fail;
+        CUDA_TRY(cudaEventRecord(e2, st));
+        CUDA_TRY(cudaEventSynchronize(e2));
+        float m1, m2;
+        CUDA_TRY(cudaEventElapsedTime(&m1, e0, e1));
+        CUDA_TRY(cudaEventElapsedTime(&m2, e1, e2));
+        if (r >= 0) ti[r] = m1, ta[r] = m2, tt[r] = m1 + m2;
+    }
+    qsort(ti, (size_t)reps, sizeof *ti, cmp_double);
+    qsort(ta, (size_t)reps, sizeof *ta, cmp_double);
+    qsort(tt, (size_t)reps, sizeof *tt, cmp_double);
+    memset(row, 0, sizeof *row);
+    eng_pattern_describe(p, row->name, (int)sizeof row->name);
+    row->index_ms = ti[reps / 2];
+    row->attn_ms = ta[reps / 2];
+    row->total_ms = tt[reps / 2];
+    row->pairs = (long long)cnt[1];
+    row->density = row->pairs / causal;
+    {
+        const double work = 4.0 * a->d * (dma ? (double)row->pairs : causal);
+        row->tflops = work / (row->attn_ms * 1e-3) / 1e12;
+        row->tflops_total = work / (row->total_ms * 1e-3) / 1e12;
+    }
+    rc = 0;
+fail:
+    krn_mask_ws_free(&w);
+    return rc;
+}
+
 int cmp_int(const void *a, const void *b) {
     int x = *(const int *)a, y = *(const int *)b;
     return (x > y) - (x < y);
@@ -141,6 +193,11 @@ extern "C" int krn_bench_memory(const krn_bench_cfg *c, double *need, double *fr
         vx.kind = ENG_PAT_VS, vx.vertical = c->vsx_cols, vx.slash = c->vsx_diags;
         if (i == c->n_pats && c->vsx_cols <= 0) break;
         const eng_pattern *p = i < c->n_pats ? &c->pats[i] : &vx;
+        if (p->kind == ENG_PAT_DMA || p->kind == ENG_PAT_NM) { /* krn_mask_ws, no index */
+            const double w = 16.0 * c->H * n + 4.0 * c->H * n_rb + 1024.0 * c->H + 16;
+            ws = w > ws ? w : ws;
+            continue;
+        }
         int mb, mc;
         krn_index_capacity(p, c->n, &mb, &mc);
         double x = 4.0 * c->H * n_rb * (2 + mb + mc);
@@ -257,11 +314,14 @@ extern "C" int krn_bench_attention(const krn_bench_cfg *c, krn_bench_row *rows, 
 
         /* Each pattern: index build + sparse kernel. Kinds without a GPU builder (XAttention,
          * FlexPrefill) build on the host: Q/K copied back, CPU threads, upload, all in index_ms
-         * (host wall clock); DMA / N:M have no GPU kernel and are refused (cmd_bench lists them
-         * as CPU-only rows). */
+         * (host wall clock); DMA / N:M run their own kernels (bench_masked). */
         for (int i = 0; i < c->n_pats; i++) {
             const eng_pattern *p = &c->pats[i];
             const int host = p->kind == ENG_PAT_XATTN || p->kind == ENG_PAT_FLEX;
+            if (p->kind == ENG_PAT_DMA || p->kind == ENG_PAT_NM) {
+                if (bench_masked(p, &a, reps, causal, e0, e1, e2, st, ti, ta, tt, &rows[1 + i], err)) goto fail;
+                continue;
+            }
             if (!host && !(p->kind == ENG_PAT_DENSE || p->kind == ENG_PAT_ASHAPE || p->kind == ENG_PAT_VS ||
                            p->kind == ENG_PAT_BS)) {
                 eng_err_set(err, "bench: pattern %s has no GPU kernel (CPU only)", eng_pattern_kind_name(p->kind));

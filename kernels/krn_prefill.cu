@@ -9,6 +9,7 @@
 
 #include "krn_attn.h"
 #include "krn_common.cuh"
+#include "krn_dma.h"
 #include "krn_index.h"
 #include "krn_ops.h"
 
@@ -183,10 +184,16 @@ bool gpu_built(const eng_pattern *p) {
     return p->kind == ENG_PAT_DENSE || p->kind == ENG_PAT_ASHAPE || p->kind == ENG_PAT_VS || p->kind == ENG_PAT_BS;
 }
 
+/* DMA / N:M heads run by their own kernels (krn_dma.h); N:M whose m is not a power of two stays
+ * on the CPU. */
+bool gpu_masked(const eng_pattern *p) {
+    return p && (p->kind == ENG_PAT_DMA || (p->kind == ENG_PAT_NM && krn_nm_supported(p->nm_n, p->nm_m)));
+}
+
 /* Heads that need host work in the prefill: an index built on the host (XAttention, FlexPrefill),
- * the whole head on the CPU (DMA, N:M: no GPU kernel), or the reshape pass after the kernel. */
+ * the whole head on the CPU (N:M without a GPU kernel), or the reshape pass after the kernel. */
 bool needs_host(const eng_pattern *p) {
-    return p && p->kind != ENG_PAT_DENSE && (!gpu_built(p) || p->reshape);
+    return p && p->kind != ENG_PAT_DENSE && ((!gpu_built(p) && !gpu_masked(p)) || p->reshape);
 }
 
 /* Host f32 (n, d) rows -> head h's columns of the device bf16 (n, stride) tensor dst, through
@@ -271,21 +278,23 @@ static size_t estimate(const eng_config *c, int n, const eng_pattern_cfg *pc, in
                            (size_t)3 * F * C;
     const size_t w_bytes = 2 * (layer_w * L + (size_t)V * C * (tied ? 1 : 2) + C);
     const int mr = n < MLP_ROWS ? n : MLP_ROWS, lr = n < LM_ROWS ? n : LM_ROWS;
-    int mb = 0, mc = 0, host = 0;
+    int mb = 0, mc = 0, host = 0, dma = 0;
     if (pc)
         for (int l = 0; l < L; l++)
             for (int h = 0; h < H; h++) {
-                int b, cc;
-                krn_index_capacity(eng_pattern_cfg_get(pc, l, h), n, &b, &cc);
+                int b = 0, cc = 0; /* DMA / N:M heads with a kernel use no index */
+                if (!gpu_masked(eng_pattern_cfg_get(pc, l, h))) krn_index_capacity(eng_pattern_cfg_get(pc, l, h), n, &b, &cc);
                 mb = b > mb ? b : mb, mc = cc > mc ? cc : mc;
                 host |= needs_host(eng_pattern_cfg_get(pc, l, h));
+                dma |= eng_pattern_cfg_get(pc, l, h)->kind == ENG_PAT_DMA;
             }
     const size_t n_rb = (N + 63) / 64;
     const size_t act = 2 * (2 * N * C + N * qkvd + N * qd) + 2 * (size_t)mr * 3 * F + 4 * (size_t)lr * V + 16 * N +
                        4 * (size_t)H * N + (keep_qkv ? N * qd * 6 : 0) + (pc && keep_lse ? N * qd * 2 : 0);
     /* + host-work heads: one head's bf16 and f32 staging and the sparse LSE */
     const size_t ixb = (pc ? 4 * (size_t)H * n_rb * (2 + mb + mc) + 4 * (size_t)H * 64 * N + 16 * (size_t)H * N : 0) +
-                       (host ? 6 * N * d + 4 * (size_t)H * N : 0);
+                       (host ? 6 * N * d + 4 * (size_t)H * N : 0) +
+                       (dma ? 16 * (size_t)H * N + 4 * (size_t)H * n_rb + 1024 * (size_t)H + 16 : 0); /* krn_mask_ws */
     *w_out = w_bytes, *act_out = act, *ix_out = ixb, *mb_out = mb, *mc_out = mc;
     return w_bytes + act + ixb + ((size_t)256 << 20);
 }
@@ -341,6 +350,7 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
     cublasHandle_t blas = nullptr;
     krn_index_ws *ws = nullptr;
     krn_index_dev ix = {};
+    krn_mask_ws mws = {}; /* DMA heads' scores and thresholds (krn_dma.h) */
     dlayer *dl = (dlayer *)calloc((size_t)L, sizeof *dl);
     bf16 *embed = nullptr, *lmw = nullptr, *fnorm = nullptr, *x = nullptr, *xn = nullptr, *qkv = nullptr, *att = nullptr;
     bf16 *gu = nullptr, *hbuf = nullptr, *tmp = nullptr;
@@ -449,6 +459,9 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
         if (keep_lse) CUDA_TRY(cudaMalloc((void **)&scratch_out, N * qd * 2));
         for (int l = 0; l < L; l++)
             for (int h = 0; h < H; h++) host_any_cfg |= needs_host(eng_pattern_cfg_get(pc, l, h));
+        for (int l = 0; l < L && !mws.z; l++)
+            for (int h = 0; h < H && !mws.z; h++)
+                if (eng_pattern_cfg_get(pc, l, h)->kind == ENG_PAT_DMA && krn_mask_ws_alloc(&mws, H, n, err)) goto fail;
     }
     if (host_any_cfg) {
         hq = (float *)malloc(N * d * 4), hk = (float *)malloc(N * d * 4), hv = (float *)malloc(N * d * 4);
@@ -495,11 +508,12 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
         } else {
             /* XAttention / FlexPrefill (no GPU builder): the index is built on the host from the
              * head's Q/K copied back (eng_pattern_build, the CPU reference) and uploaded; DMA /
-             * N:M (no GPU kernel): an empty index here, the head runs on the CPU below */
+             * N:M: no index (counts zeroed), their kernels run after the sparse one (an N:M head
+             * without a GPU kernel: an empty index here, the head runs on the CPU below) */
             int need_b = 0, need_c = 0, host_any = 0;
             for (int h = 0; h < H; h++) {
                 host_any |= needs_host(pat[h]);
-                if (gpu_built(pat[h])) continue;
+                if (gpu_built(pat[h]) || gpu_masked(pat[h])) continue;
                 eng_head_index *hx = &hix[h];
                 if (eng_pattern_is_index(pat[h]->kind)) {
                     if (keep_slice(qkv + (size_t)h * d, n, d, qkvd, hd_tmp, hd_tmpf, hq, st, err) ||
@@ -525,6 +539,12 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
                 if (krn_index_dev_alloc(&ix, H, n, nb, nc, err)) goto fail;
             }
             for (int h = 0; h < H;) { /* runs of GPU-built heads with one pattern: one build call */
+                if (gpu_masked(pat[h])) { /* an empty index row: the sparse kernel writes zeros, overwritten below */
+                    CUDA_TRY(cudaMemsetAsync(ix.block_count + (size_t)h * ix.n_rb, 0, sizeof(int) * ix.n_rb, st));
+                    CUDA_TRY(cudaMemsetAsync(ix.column_count + (size_t)h * ix.n_rb, 0, sizeof(int) * ix.n_rb, st));
+                    h++;
+                    continue;
+                }
                 if (!gpu_built(pat[h])) {
                     if (upload_head(&ix, h, &hix[h], st, err)) goto fail;
                     eng_index_free(&hix[h]);
@@ -543,8 +563,23 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
                 a.lse = host_any ? lse_sp : nullptr; /* the reshape pass needs the sparse LSE */
             }
             if (krn_attn_sparse(&a, &ix, st, err)) goto fail;
-            /* host passes: DMA / N:M heads on the CPU (eng_dma_attend, reshape included), reshape
-             * of index heads on the exact index the kernel ran (eng_reshape_apply on (out, lse)) */
+            for (int h = 0; h < H;) { /* DMA / N:M heads: their kernels, runs of one mask in one launch */
+                if (!gpu_masked(pat[h])) {
+                    h++;
+                    continue;
+                }
+                int e = h + 1;
+                while (e < H && krn_mask_same(pat[e], pat[h])) e++;
+                eng_err me;
+                if (krn_mask_attend(pat[h], &a, h, e - h, &mws, nullptr, st, &me)) {
+                    eng_err_set(err, "layer %d heads %d-%d (%s): %s", l, h, e - 1, eng_pattern_kind_name(pat[h]->kind), me.msg);
+                    goto fail;
+                }
+                h = e;
+            }
+            /* host passes: N:M heads without a GPU kernel on the CPU (eng_dma_attend, reshape
+             * included), reshape of index, DMA and N:M heads on the exact mask the kernel ran
+             * (eng_reshape_apply on (out, lse)) */
             for (int h = 0; h < H && host_any; h++) {
                 if (!needs_host(pat[h]) || (eng_pattern_is_index(pat[h]->kind) && !pat[h]->reshape)) continue;
                 const int g = h / (H / Hkv);
@@ -554,7 +589,7 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
                     keep_slice(qkv + qd + kvd + (size_t)g * d, n, d, qkvd, hd_tmp, hd_tmpf, hv, st, err))
                     goto fail;
                 eng_err e;
-                if (!eng_pattern_is_index(pat[h]->kind)) {
+                if (!eng_pattern_is_index(pat[h]->kind) && !gpu_masked(pat[h])) {
                     if (eng_dma_attend(pat[h], hq, d, hk, hv, d, n, d, ho, d, NULL, NULL, NULL, &e)) {
                         eng_err_set(err, "layer %d head %d (%s, CPU): %s", l, h, eng_pattern_kind_name(pat[h]->kind), e.msg);
                         goto fail;
@@ -564,13 +599,16 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
                     memset(&hm, 0, sizeof hm);
                     hm.kind = ENG_MASK_INDEX, hm.n = n;
                     if (keep_slice(att + (size_t)h * d, n, d, qd, hd_tmp, hd_tmpf, ho, st, err) ||
-                        download_head(&ix, h, &hm.ix, st, err))
+                        (pat[h]->kind == ENG_PAT_DMA
+                             ? krn_dma_mask_download(&mws, h, n, pat[h]->n_init, pat[h]->n_local, &hm, st, err)
+                             : pat[h]->kind == ENG_PAT_NM ? eng_dma_mask_build(pat[h], hq, d, hk, hv, d, n, d, &hm, err)
+                                                          : download_head(&ix, h, &hm.ix, st, err)))
                         goto fail;
                     cudaError_t ce = cudaMemcpyAsync(hl, a.lse + (size_t)h * N, N * 4, cudaMemcpyDeviceToHost, st);
                     if (ce == cudaSuccess) ce = cudaStreamSynchronize(st);
                     const int bad = ce != cudaSuccess ||
                                     eng_reshape_apply(&hm, hq, d, hk, hv, d, n, d, ho, d, hl, NULL, NULL, &e) != 0;
-                    eng_index_free(&hm.ix);
+                    eng_dma_mask_free(&hm); /* the index, or the DMA copies (N:M borrows hq / hk) */
                     if (bad) {
                         eng_err_set(err, "layer %d head %d: reshape: %s", l, h,
                                     ce != cudaSuccess ? cudaGetErrorString(ce) : e.msg);
@@ -640,6 +678,7 @@ fail:
     if (blas) cublasDestroy(blas);
     krn_index_ws_free(ws);
     krn_index_dev_free(&ix);
+    krn_mask_ws_free(&mws);
     if (dl)
         for (int l = 0; l < L; l++) {
             cudaFree(dl[l].attn_norm), cudaFree(dl[l].ffn_norm), cudaFree(dl[l].wqkv), cudaFree(dl[l].bqkv);

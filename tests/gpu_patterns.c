@@ -1,12 +1,13 @@
 /* gpu_patterns: every pattern kind in the CUDA prefill (kernels/krn_prefill.cu, issue 9) against the
  * CPU prefill on an in-memory random Llama-shaped model whose config mixes all kinds per head:
  * GPU-built indexes (dense, A-shape, VS, BS), host-built indexes (XAttention, FlexPrefill: Q/K copied
- * back, eng_pattern_build, uploaded, GPU sparse kernel), CPU heads (DMA, N:M: eng_dma_attend on host
- * copies) and the reshape pass (eng_reshape_apply on the GPU output and the exact index it ran).
+ * back, eng_pattern_build, uploaded, GPU sparse kernel), DMA / N:M heads (their own kernels,
+ * kernels/krn_dma.cu) and the reshape pass (eng_reshape_apply on the GPU output and the exact mask it ran).
  * Checks: the GPU sparse prefill is close to the CPU sparse prefill (bf16 vs f32 bounds as
  * gpu_prefill's block-sparse ones) and closer to it than to the dense prefill (the patterns really
  * ran); kept-LSE and no-LSE runs agree; the kernel bench builds XAttention / FlexPrefill indexes on
- * the host (density 1 where the pattern must keep everything) and refuses DMA by name. */
+ * the host (density 1 where the pattern must keep everything) and times DMA / N:M rows (N:M's pair
+ * count exact). */
 #include "gpu_util.h"
 
 #include <time.h>
@@ -130,9 +131,19 @@ static void test_bench_kinds(void **state) {
     assert_true(fabs(rows[1].density - 1.0) < 1e-9);
     assert_true(rows[2].density < 1.0);
     c.pats[0] = eng_pattern_make(ENG_PAT_DMA);
-    c.n_pats = 1;
-    assert_int_equal(krn_bench_attention(&c, rows, &err), -1);
-    assert_non_null(strstr(err.msg, "dma"));
+    c.pats[0].keep = 128, c.pats[0].n_init = 16, c.pats[0].n_local = 64;
+    c.pats[1] = eng_pattern_make(ENG_PAT_NM); /* 2:4 */
+    c.n_pats = 2;
+    if (krn_bench_attention(&c, rows, &err)) fail_msg("bench dma / nm: %s", err.msg);
+    long long nm_pairs = 0; /* per row: 2 of every full group of 4, min(2, rest) of the partial one */
+    for (int i = 0; i < c.n; i++) nm_pairs += (long long)(i + 1) / 4 * 2 + ((i + 1) % 4 < 2 ? (i + 1) % 4 : 2);
+    for (int i = 1; i <= 2; i++) {
+        printf("  bench %s: index %.3f ms, attn %.3f ms, density %.4f\n", rows[i].name, rows[i].index_ms, rows[i].attn_ms,
+               rows[i].density);
+        assert_true(rows[i].attn_ms > 0 && rows[i].density > 0 && rows[i].density < 1.0);
+    }
+    assert_true(rows[1].index_ms > 0);
+    assert_true(rows[2].pairs == nm_pairs * c.H);
 }
 
 int main(void) {
