@@ -10,100 +10,14 @@
 #include "krn_index.h"
 #include "krn_ops.h"
 #include "krn_prefill.h"
+#include "krn_xflex.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 namespace {
-
-double wall_s() {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-/* Host-built indexes (kinds with no GPU builder: XAttention, FlexPrefill): heads split over CPU
- * threads, each eng_pattern_build on the head's f32 Q/K rows. */
-struct host_build {
-    const eng_pattern *p;
-    const float *q, *k;
-    int n, H, Hkv, d;
-    eng_head_index *ix;
-    int next, failed;
-    pthread_mutex_t mu;
-    eng_err err;
-};
-
-void *host_build_worker(void *arg) {
-    host_build *b = (host_build *)arg;
-    for (;;) {
-        pthread_mutex_lock(&b->mu);
-        const int h = b->failed ? b->H : b->next++;
-        pthread_mutex_unlock(&b->mu);
-        if (h >= b->H) break;
-        eng_err e;
-        if (eng_pattern_build(b->p, b->q + (size_t)h * b->d, b->H * b->d, b->k + (size_t)(h / (b->H / b->Hkv)) * b->d,
-                              b->Hkv * b->d, b->n, b->d, &b->ix[h], &e)) {
-            pthread_mutex_lock(&b->mu);
-            if (!b->failed) eng_err_set(&b->err, "head %d: %s", h, e.msg);
-            b->failed = 1;
-            pthread_mutex_unlock(&b->mu);
-        }
-    }
-    return nullptr;
-}
-
-/* bf16 bits -> f32 (exact). */
-void bf16_to_f32_host(const uint16_t *x, float *y, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u = (uint32_t)x[i] << 16;
-        memcpy(&y[i], &u, 4);
-    }
-}
-
-/* The host path of one measurement: device Q/K (bf16) copied back and widened, H indexes built on
- * the CPU threads, uploaded as a fresh device index (*ix freed first). Stream synchronised. */
-int host_index(const eng_pattern *p, const void *dq, const void *dk, int n, int H, int Hkv, int d, uint16_t *bq,
-               uint16_t *bk, float *fq, float *fk, krn_index_dev *ix, cudaStream_t st, eng_err *err) {
-    const size_t nq = (size_t)n * H * d, nk = (size_t)n * Hkv * d;
-    CUDA_RET(cudaMemcpyAsync(bq, dq, nq * 2, cudaMemcpyDeviceToHost, st));
-    CUDA_RET(cudaMemcpyAsync(bk, dk, nk * 2, cudaMemcpyDeviceToHost, st));
-    CUDA_RET(cudaStreamSynchronize(st));
-    bf16_to_f32_host(bq, fq, nq);
-    bf16_to_f32_host(bk, fk, nk);
-    eng_head_index *hix = (eng_head_index *)calloc((size_t)H, sizeof *hix);
-    if (!hix) return eng_err_set(err, "bench: out of host memory");
-    host_build b;
-    memset(&b, 0, sizeof b);
-    b.p = p, b.q = fq, b.k = fk, b.n = n, b.H = H, b.Hkv = Hkv, b.d = d, b.ix = hix;
-    pthread_mutex_init(&b.mu, nullptr);
-    long nc = sysconf(_SC_NPROCESSORS_ONLN);
-    int nt = nc < 1 ? 1 : nc > 64 ? 64 : (int)nc;
-    if (nt > H) nt = H;
-    pthread_t th[64];
-    int started = 0;
-    for (int i = 1; i < nt; i++) {
-        if (pthread_create(&th[i], nullptr, host_build_worker, &b) != 0) break;
-        started++;
-    }
-    host_build_worker(&b);
-    for (int i = 1; i <= started; i++) pthread_join(th[i], nullptr);
-    pthread_mutex_destroy(&b.mu);
-    int rc = 0;
-    if (b.failed) rc = eng_err_set(err, "host index (%s): %s", eng_pattern_kind_name(p->kind), b.err.msg);
-    if (!rc) {
-        krn_index_dev_free(ix);
-        rc = krn_index_dev_upload(ix, hix, H, err);
-    }
-    for (int h = 0; h < H; h++) eng_index_free(&hix[h]);
-    free(hix);
-    return rc;
-}
 
 int cmp_double(const void *a, const void *b);
 
@@ -210,6 +124,10 @@ extern "C" int krn_bench_memory(const krn_bench_cfg *c, double *need, double *fr
             double w = 4.0 * (c->H + c->Hkv) * n_rb * c->d;
             ws = w > ws ? w : ws;
         }
+        if (krn_xflex_kind(p->kind)) {
+            double w = (double)krn_xflex_ws_bytes(p, c->n, c->H, c->d);
+            ws = w > ws ? w : ws;
+        }
     }
     *need = b + ix + ws + 256.0 * 1024 * 1024; /* + cuBLAS workspace and slack */
     size_t fr = 0, tot = 0;
@@ -225,8 +143,7 @@ extern "C" int krn_bench_attention(const krn_bench_cfg *c, krn_bench_row *rows, 
     float *dlse = nullptr;
     krn_index_ws *ws = nullptr;
     krn_index_dev ix = {};
-    uint16_t *bq = nullptr, *bk = nullptr; /* host copies for host-built indexes */
-    float *fq = nullptr, *fk = nullptr;
+    krn_xflex_ws *xws = nullptr; /* XAttention / FlexPrefill builders */
     cudaStream_t st = nullptr;
     cudaEvent_t e0 = nullptr, e1 = nullptr, e2 = nullptr;
     double *ti = (double *)calloc((size_t)reps, sizeof(double)), *ta = (double *)calloc((size_t)reps, sizeof(double)),
@@ -312,17 +229,16 @@ extern "C" int krn_bench_attention(const krn_bench_cfg *c, krn_bench_row *rows, 
         row->density = 1.0;
         row->tflops = row->tflops_total = 4.0 * d * causal / (row->attn_ms * 1e-3) / 1e12;
 
-        /* Each pattern: index build + sparse kernel. Kinds without a GPU builder (XAttention,
-         * FlexPrefill) build on the host: Q/K copied back, CPU threads, upload, all in index_ms
-         * (host wall clock); DMA / N:M run their own kernels (bench_masked). */
+        /* Each pattern: index build (krn_index_build; XAttention / FlexPrefill: krn_xflex_build) +
+         * sparse kernel; DMA / N:M run their own kernels (bench_masked). */
         for (int i = 0; i < c->n_pats; i++) {
             const eng_pattern *p = &c->pats[i];
-            const int host = p->kind == ENG_PAT_XATTN || p->kind == ENG_PAT_FLEX;
+            const int xf = krn_xflex_kind(p->kind);
             if (p->kind == ENG_PAT_DMA || p->kind == ENG_PAT_NM) {
                 if (bench_masked(p, &a, reps, causal, e0, e1, e2, st, ti, ta, tt, &rows[1 + i], err)) goto fail;
                 continue;
             }
-            if (!host && !(p->kind == ENG_PAT_DENSE || p->kind == ENG_PAT_ASHAPE || p->kind == ENG_PAT_VS ||
+            if (!xf && !(p->kind == ENG_PAT_DENSE || p->kind == ENG_PAT_ASHAPE || p->kind == ENG_PAT_VS ||
                            p->kind == ENG_PAT_BS)) {
                 eng_err_set(err, "bench: pattern %s has no GPU kernel (CPU only)", eng_pattern_kind_name(p->kind));
                 goto fail;
@@ -330,31 +246,11 @@ extern "C" int krn_bench_attention(const krn_bench_cfg *c, krn_bench_row *rows, 
             int mb, mc;
             krn_index_capacity(p, n, &mb, &mc);
             if (krn_index_dev_alloc(&ix, H, n, mb, mc, err)) goto fail;
-            if (host && !bq) {
-                bq = (uint16_t *)malloc(nq * 2), bk = (uint16_t *)malloc(nk * 2);
-                fq = (float *)malloc(nq * 4), fk = (float *)malloc(nk * 4);
-                if (!bq || !bk || !fq || !fk) {
-                    eng_err_set(err, "bench: out of host memory for host-built indexes (%.1f GB)", 6.0 * (nq + nk) / 1e9);
-                    goto fail;
-                }
-            }
-            for (int r = host ? -1 : -2; host && r < reps; r++) { /* the kernel is warm by now: one warm-up */
-                CUDA_TRY(cudaStreamSynchronize(st));
-                const double h0 = wall_s();
-                if (host_index(p, dq, dk, n, H, Hkv, d, bq, bk, fq, fk, &ix, st, err)) goto fail;
-                const double h1 = wall_s();
-                CUDA_TRY(cudaEventRecord(e1, st));
-                if (krn_attn_sparse_variant(&a, &ix, c->dense_variant, st, err)) goto fail;
-                CUDA_TRY(cudaEventRecord(e2, st));
-                CUDA_TRY(cudaEventSynchronize(e2));
-                float m2;
-                CUDA_TRY(cudaEventElapsedTime(&m2, e1, e2));
-                const double m1 = (h1 - h0) * 1e3;
-                if (r >= 0) ti[r] = m1, ta[r] = m2, tt[r] = m1 + m2;
-            }
-            for (int r = -2; !host && r < reps; r++) {
+            if (xf && !xws && krn_xflex_ws_create(&xws, err)) goto fail;
+            for (int r = -2; r < reps; r++) {
                 CUDA_TRY(cudaEventRecord(e0, st));
-                if (krn_index_build(p, &a, 0, H, &ix, ws, st, err)) goto fail;
+                if (xf ? krn_xflex_build(p, &a, 0, H, &ix, xws, st, err) : krn_index_build(p, &a, 0, H, &ix, ws, st, err))
+                    goto fail;
                 CUDA_TRY(cudaEventRecord(e1, st));
                 if (krn_attn_sparse_variant(&a, &ix, c->dense_variant, st, err)) goto fail;
                 CUDA_TRY(cudaEventRecord(e2, st));
@@ -370,10 +266,6 @@ extern "C" int krn_bench_attention(const krn_bench_cfg *c, krn_bench_row *rows, 
             row = &rows[1 + i];
             memset(row, 0, sizeof *row);
             eng_pattern_describe(p, row->name, (int)sizeof row->name);
-            if (host) { /* say where the index was built */
-                const size_t len = strlen(row->name);
-                if (len + 14 < sizeof row->name) snprintf(row->name + len, sizeof row->name - len, " [host index]");
-            }
             row->index_ms = ti[reps / 2];
             row->attn_ms = ta[reps / 2];
             row->total_ms = tt[reps / 2];
@@ -473,7 +365,7 @@ extern "C" int krn_bench_attention(const krn_bench_cfg *c, krn_bench_row *rows, 
 fail:
     krn_index_dev_free(&ix);
     krn_index_ws_free(ws);
-    free(bq), free(bk), free(fq), free(fk);
+    krn_xflex_ws_free(xws);
     cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse);
     if (e0) cudaEventDestroy(e0);
     if (e1) cudaEventDestroy(e1);

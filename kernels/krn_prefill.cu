@@ -12,6 +12,7 @@
 #include "krn_dma.h"
 #include "krn_index.h"
 #include "krn_ops.h"
+#include "krn_xflex.h"
 
 #include <cublas_v2.h>
 #include <math.h>
@@ -179,9 +180,11 @@ int keep_slice(const bf16 *src, int n, int w, int stride, bf16 *tmp, float *tmpf
     return 0;
 }
 
-/* Kinds with a GPU index builder (krn_index_build): dense, A-shape, VS, BS. */
+/* Kinds with a GPU index builder: dense, A-shape, VS, BS (krn_index_build), XAttention and
+ * FlexPrefill (krn_xflex_build). */
 bool gpu_built(const eng_pattern *p) {
-    return p->kind == ENG_PAT_DENSE || p->kind == ENG_PAT_ASHAPE || p->kind == ENG_PAT_VS || p->kind == ENG_PAT_BS;
+    return p->kind == ENG_PAT_DENSE || p->kind == ENG_PAT_ASHAPE || p->kind == ENG_PAT_VS || p->kind == ENG_PAT_BS ||
+           krn_xflex_kind(p->kind);
 }
 
 /* DMA / N:M heads run by their own kernels (krn_dma.h); N:M whose m is not a power of two stays
@@ -190,7 +193,7 @@ bool gpu_masked(const eng_pattern *p) {
     return p && (p->kind == ENG_PAT_DMA || (p->kind == ENG_PAT_NM && krn_nm_supported(p->nm_n, p->nm_m)));
 }
 
-/* Heads that need host work in the prefill: an index built on the host (XAttention, FlexPrefill),
+/* Heads that need host work in the prefill:
  * the whole head on the CPU (N:M without a GPU kernel), or the reshape pass after the kernel. */
 bool needs_host(const eng_pattern *p) {
     return p && p->kind != ENG_PAT_DENSE && ((!gpu_built(p) && !gpu_masked(p)) || p->reshape);
@@ -295,15 +298,22 @@ static size_t estimate(const eng_config *c, int n, const eng_pattern_cfg *pc, in
     const size_t ixb = (pc ? 4 * (size_t)H * n_rb * (2 + mb + mc) + 4 * (size_t)H * 64 * N + 16 * (size_t)H * N : 0) +
                        (host ? 6 * N * d + 4 * (size_t)H * N : 0) +
                        (dma ? 16 * (size_t)H * N + 4 * (size_t)H * n_rb + 1024 * (size_t)H + 16 : 0); /* krn_mask_ws */
-    *w_out = w_bytes, *act_out = act, *ix_out = ixb, *mb_out = mb, *mc_out = mc;
-    return w_bytes + act + ixb + ((size_t)256 << 20);
+    size_t xfw = 0; /* krn_xflex_build scratch (XAttention / FlexPrefill heads), the largest of any head */
+    for (int l = 0; pc && l < L; l++)
+        for (int h = 0; h < H; h++) {
+            const size_t b = krn_xflex_ws_bytes(eng_pattern_cfg_get(pc, l, h), n, H, d);
+            xfw = b > xfw ? b : xfw;
+        }
+    *w_out = w_bytes, *act_out = act, *ix_out = ixb + xfw, *mb_out = mb, *mc_out = mc;
+    return w_bytes + act + ixb + xfw + ((size_t)256 << 20);
 }
 
 /* Heads h and h + 1 get the same index from one build call when their patterns agree. */
 static bool same_pattern(const eng_pattern *a, const eng_pattern *b) {
     if (!a || !b) return a == b;
     return a->kind == b->kind && a->n_init == b->n_init && a->n_local == b->n_local && a->vertical == b->vertical &&
-           a->slash == b->slash && a->topk == b->topk;
+           a->slash == b->slash && a->topk == b->topk && a->stride == b->stride && a->threshold == b->threshold &&
+           a->gamma == b->gamma && a->tau == b->tau && a->min_budget == b->min_budget;
 }
 
 /* The prefill proper: weights from m's tensors, or (seed != 0) random on the device with m's
@@ -349,6 +359,7 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
 
     cublasHandle_t blas = nullptr;
     krn_index_ws *ws = nullptr;
+    krn_xflex_ws *xws = nullptr; /* XAttention / FlexPrefill index builders' scratch */
     krn_index_dev ix = {};
     krn_mask_ws mws = {}; /* DMA heads' scores and thresholds (krn_dma.h) */
     dlayer *dl = (dlayer *)calloc((size_t)L, sizeof *dl);
@@ -455,7 +466,9 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
         CUDA_TRY(cudaMalloc((void **)&tmpf, N * qd * 4));
     }
     if (pc) {
-        if (krn_index_ws_create(&ws, err) || krn_index_dev_alloc(&ix, H, n, mb, mc, err)) goto fail;
+        if (krn_index_ws_create(&ws, err) || krn_xflex_ws_create(&xws, err) ||
+            krn_index_dev_alloc(&ix, H, n, mb, mc, err))
+            goto fail;
         if (keep_lse) CUDA_TRY(cudaMalloc((void **)&scratch_out, N * qd * 2));
         for (int l = 0; l < L; l++)
             for (int h = 0; h < H; h++) host_any_cfg |= needs_host(eng_pattern_cfg_get(pc, l, h));
@@ -506,8 +519,8 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
         if (!sparse_any) {
             if (krn_attn_dense(&a, 0, st, err)) goto fail;
         } else {
-            /* XAttention / FlexPrefill (no GPU builder): the index is built on the host from the
-             * head's Q/K copied back (eng_pattern_build, the CPU reference) and uploaded; DMA /
+            /* XAttention / FlexPrefill build on the GPU with the others (krn_xflex_build may grow
+             * ix for a FlexPrefill vertical-slash head's columns, keeping what is written); DMA /
              * N:M: no index (counts zeroed), their kernels run after the sparse one (an N:M head
              * without a GPU kernel: an empty index here, the head runs on the CPU below) */
             int need_b = 0, need_c = 0, host_any = 0;
@@ -553,7 +566,9 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
                 }
                 int e = h + 1;
                 while (e < H && gpu_built(pat[e]) && same_pattern(pat[e], pat[h])) e++;
-                if (krn_index_build(pat[h], &a, h, e - h, &ix, ws, st, err)) goto fail;
+                if (krn_xflex_kind(pat[h]->kind) ? krn_xflex_build(pat[h], &a, h, e - h, &ix, xws, st, err)
+                                                 : krn_index_build(pat[h], &a, h, e - h, &ix, ws, st, err))
+                    goto fail;
                 h = e;
             }
             if (keep_lse) { /* the kept LSE is the dense one: a dense pass into scratch */
@@ -677,6 +692,7 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
 fail:
     if (blas) cublasDestroy(blas);
     krn_index_ws_free(ws);
+    krn_xflex_ws_free(xws);
     krn_index_dev_free(&ix);
     krn_mask_ws_free(&mws);
     if (dl)

@@ -244,6 +244,7 @@ __global__ void __launch_bounds__(NT) xa_rows(const float *L, int ldl, int a0, i
     __shared__ float redf[NT / 32 + 1];
     const int I = I0 + blockIdx.x, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     for (int J = tid; J < nb; J += NT) acc[J] = 0;
+    __syncthreads();
     const int ab = I * G, ae = min(ab + G, na);
     const int U = G > 32 ? G : 32, W = G < 32 ? G : 32; /* elements per warp unit; lanes per bucket */
     for (int a = ab; a < ae; a++) {

@@ -1,7 +1,7 @@
 /* gpu_xflex: the GPU XAttention / FlexPrefill index builders (kernels/krn_xflex.cu) against the CPU
  * reference (eng_pattern_build, eng_pattern_xattn_scores, eng_pattern_flex_decide), and the GPU
  * sparse kernel through the GPU-built index against eng_attn_sparse_head on the same index.
- * XAttention: block scores within 1e-4 of the CPU; every row block whose choice has a margin above
+ * XAttention: block scores within 1e-3 of the CPU (fp32 GEMM sums); every row block whose choice has a margin above
  * 4x the observed score error (kept share vs tau, last kept vs first dropped) equal to the CPU's,
  * such rows >= 90% of all; structured inputs (graded hot key blocks; all key blocks equal: exact
  * ties, the later block wins). FlexPrefill: JS distance within 1e-9 and the same decision, indexes
@@ -252,7 +252,7 @@ static void xattn_case(int n, int H, int Hkv, int d, int S, float thr, int mode,
             const double e = fabs(sc[i] - sg[i]);
             if (!(e <= md)) md = e; /* NaN propagates into md */
         }
-        if (!(md < 1e-4)) fail_msg("xattn n=%d head %d: block scores differ from the CPU by %.3e", n, h, md);
+        if (!(md < 1e-3)) fail_msg("xattn n=%d head %d: block scores differ from the CPU by %.3e", n, h, md);
         worst = md > worst ? md : worst;
         for (int rb = 0; rb < cpu.n_rb; rb++) {
             const int ok = row_equal(&gpu[h], &cpu, rb), cl = xattn_clear(sc, nb, rb / 2, thr, 4 * md + 1e-15, t);
