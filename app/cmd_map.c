@@ -1,7 +1,9 @@
 /* cmd_map: `attnscope map` (one head's attention map), `attnscope grid` (every head of a layer,
  * each labelled with its pattern) and `attnscope diff` (dense | sparse | difference on one scale),
  * as PNG (--out) or on the terminal (--term). Each runs one dense prefill that keeps Q, K and the
- * row LSE, then pools maps with eng_map (never N x N) and draws them with viz/. */
+ * row LSE, then pools maps with eng_map (never N x N) and draws them with viz/. --transform T draws
+ * the 2:4 / INT8-transformed model (eng_transform.h); `diff --transform T` without --patterns draws
+ * original | transformed | difference (a second prefill, of the original weights). */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -18,6 +20,7 @@
 #include "eng_patcfg.h"
 #include "eng_pattern.h"
 #include "eng_tok.h"
+#include "eng_transform.h"
 #include "viz_color.h"
 #include "viz_mapfig.h"
 #include "viz_png.h"
@@ -31,6 +34,7 @@ static const char *const mode_name[] = {"map", "grid", "diff"};
 typedef struct {
     map_mode mode;
     const char *model_dir, *prompt, *text, *patterns, *out, *backend;
+    unsigned xf;                  /* --transform: ENG_XF_* flags; 0 none */
     int layer, head;
     const char *qr, *kr;          /* "A:B" as given */
     int w, h;                     /* 0 = default */
@@ -56,12 +60,15 @@ static void usage(FILE *f, map_mode m) {
                    "Every head of one layer on one shared scale, each panel labelled with its pattern\n"
                    "(from --patterns; dense when none is given).\n\n");
     else
-        fprintf(f, "usage: attnscope diff --model DIR --prompt FILE --layer L --head H --patterns CFG.json\n"
+        fprintf(f, "usage: attnscope diff --model DIR --prompt FILE --layer L --head H\n"
+                   "                      (--patterns CFG.json | --transform T | both)\n"
                    "                      [--q A:B] [--k A:B] [--size WxH] [--pool ...] [--cmap ...] [--scale ...]\n"
                    "                      (--out F.png | --term) [--no-color]\n\n"
                    "Dense | sparse | |dense - sparse| for one head on one shared scale. The sparse panel shows\n"
                    "the probabilities the head's pattern computes (renormalised over them, as the sparse kernel\n"
-                   "does); the third panel is the absolute difference of the two pooled maps.\n\n");
+                   "does); the third panel is the absolute difference of the two pooled maps.\n"
+                   "With --transform T and no --patterns: original | transformed | |original - transformed|,\n"
+                   "the dense maps of the original and the 2:4 / INT8-transformed weights.\n\n");
     fprintf(f, "  --model DIR        Hugging Face checkpoint directory (required)\n"
                "  --prompt FILE      prompt text (encoded with the model's tokenizer, BOS first)\n"
                "  --text STR         prompt text given inline instead of --prompt\n"
@@ -74,6 +81,8 @@ static void usage(FILE *f, map_mode m) {
                "  --cmap NAME        viridis (default), magma, cividis or gray\n"
                "  --scale S          log (default), linear or power; --gamma G for power (default 0.5)\n"
                "%s"
+               "  --transform T      draw a one-shot transformed copy of the attention and MLP weights: 24 (2:4\n"
+               "                     magnitude pruning), int8 (symmetric per-channel INT8) or 24+int8\n"
                "  --out F.png        write a PNG (the command line is stored in it)\n"
                "  --term             print to the terminal (half blocks; truecolor/256/ASCII)\n"
                "  --no-color         ASCII ramp only (also when NO_COLOR is set)\n"
@@ -148,7 +157,7 @@ static int parse_args(int argc, char **argv, map_mode mode, map_args *a) {
         {"out", required_argument, 0, 'O'},    {"term", no_argument, 0, 'T'},
         {"no-color", no_argument, 0, 'n'},     {"backend", required_argument, 0, 'b'},
         {"threads", required_argument, 0, 'j'}, {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+        {"transform", required_argument, 0, 'X'}, {0, 0, 0, 0}};
     optind = 1;
     opterr = 0;
     int c;
@@ -196,6 +205,12 @@ static int parse_args(int argc, char **argv, map_mode mode, map_args *a) {
         case 'n': a->no_color = 1; break;
         case 'b': a->backend = optarg; break;
         case 'j': if (cli_parse_int(cmd, "--threads", optarg, 1, 256, &a->threads)) return 2; break;
+        case 'X':
+            if (eng_transform_parse(optarg, &a->xf, &(eng_err){{0}})) {
+                cli_error(cmd, "--transform: bad value '%s' (want 24, int8 or 24+int8)", optarg);
+                return 2;
+            }
+            break;
         case 'h': usage(stdout, mode); return 0;
         case ':': cli_error(cmd, "%s needs a value", argv[optind - 1]); return 2;
         default: cli_error(cmd, "unknown option '%s' (see attnscope %s --help)", argv[optind - 1], cmd); return 2;
@@ -206,7 +221,10 @@ static int parse_args(int argc, char **argv, map_mode mode, map_args *a) {
     if ((a->prompt != NULL) == (a->text != NULL)) { cli_error(cmd, "give exactly one of --prompt FILE or --text STR"); return 2; }
     if (a->layer < 0) { cli_error(cmd, "--layer L is required"); return 2; }
     if (mode != MODE_GRID && a->head < 0) { cli_error(cmd, "--head H is required"); return 2; }
-    if (mode == MODE_DIFF && !a->patterns) { cli_error(cmd, "--patterns CFG.json is required (the sparse side)"); return 2; }
+    if (mode == MODE_DIFF && !a->patterns && !a->xf) {
+        cli_error(cmd, "--patterns CFG.json (dense vs sparse) or --transform T (original vs transformed) is required");
+        return 2;
+    }
     if ((a->out != NULL) == (a->term != 0)) { cli_error(cmd, "give exactly one of --out F.png or --term"); return 2; }
     if (getenv("NO_COLOR") && *getenv("NO_COLOR")) a->no_color = 1;
     return -1; /* go on */
@@ -220,13 +238,19 @@ typedef struct {
     eng_patcfg pc;
     int have_pc;
     int *ids, n;
-    eng_prefill_out po;
+    eng_prefill_out po;  /* the model drawn: the transformed one with --transform */
     int have_po;
+    eng_transformed xf;  /* --transform: the transformed copy (shares m's untouched tensors) */
+    eng_prefill_out po0; /* diff --transform without --patterns: the original weights' prefill */
+    int have_po0;
+    char title_model[224]; /* model name for titles, naming the transform */
     const char **labels; /* [n] token texts (owned by tok) */
 } map_ctx;
 
 static void ctx_free(map_ctx *c) {
     if (c->have_po) eng_prefill_out_free(&c->po);
+    if (c->have_po0) eng_prefill_out_free(&c->po0);
+    eng_transform_free(&c->xf); /* before m */
     if (c->be) c->be->destroy(c->be);
     if (c->have_pc) eng_patcfg_free(&c->pc);
     eng_tok_free(c->tok);
@@ -268,9 +292,19 @@ static int ctx_open(const map_args *a, map_ctx *c) {
         c->have_pc = 1;
     }
     if (!(c->be = eng_backend_create(a->backend, &err))) { cli_error(cmd, "%s", err.msg); return -1; }
+    const char *base = strrchr(c->m->dir, '/');
+    base = base && base[1] ? base + 1 : c->m->dir;
+    snprintf(c->title_model, sizeof c->title_model, "%.160s", base);
+    const eng_model *mr = c->m;
+    if (a->xf) {
+        if (eng_transform_model(c->m, a->xf, &c->xf, &err)) { cli_error(cmd, "--transform: %s", err.msg); return -1; }
+        mr = &c->xf.model;
+        snprintf(c->title_model, sizeof c->title_model, "%.160s, %s weights", base, eng_transform_name(a->xf));
+    }
     eng_prefill_opts po = {.patterns = NULL, .keep_qkv = 1, .keep_lse = 1};
-    fprintf(stderr, "attnscope %s: prefill of %d tokens on %s...\n", cmd, c->n, c->be->device);
-    if (c->be->prefill(c->be, c->m, c->ids, c->n, &po, &c->po, &err)) {
+    fprintf(stderr, "attnscope %s: prefill of %d tokens on %s%s...\n", cmd, c->n, c->be->device,
+            a->xf ? " (transformed weights)" : "");
+    if (c->be->prefill(c->be, mr, c->ids, c->n, &po, &c->po, &err)) {
         cli_error(cmd, "prefill: %s", err.msg);
         return -1;
     }
@@ -278,6 +312,18 @@ static int ctx_open(const map_args *a, map_ctx *c) {
     if (!c->po.q || !c->po.k || !c->po.lse) {
         cli_error(cmd, "prefill on %s kept no Q/K/LSE", c->be->name);
         return -1;
+    }
+    if (a->mode == MODE_DIFF && a->xf && !a->patterns) {
+        fprintf(stderr, "attnscope %s: prefill of the original weights...\n", cmd);
+        if (c->be->prefill(c->be, c->m, c->ids, c->n, &po, &c->po0, &err)) {
+            cli_error(cmd, "prefill (original weights): %s", err.msg);
+            return -1;
+        }
+        c->have_po0 = 1;
+        if (!c->po0.q || !c->po0.k || !c->po0.lse) {
+            cli_error(cmd, "prefill on %s kept no Q/K/LSE", c->be->name);
+            return -1;
+        }
     }
     return 0;
 }
@@ -288,14 +334,15 @@ typedef struct {
     int qs, ks, n, d;
 } head_view;
 
-static head_view head_at(const map_ctx *c, int l, int h) {
-    const eng_prefill_out *o = &c->po;
+static head_view head_of(const eng_prefill_out *o, int l, int h) {
     int H = o->n_heads, Hkv = o->n_kv_heads, d = o->head_dim, n = o->n;
     const size_t kv_off = (size_t)l * n * Hkv * d + (size_t)(h / (H / Hkv)) * d;
     head_view v = {o->q + (size_t)l * n * H * d + (size_t)h * d, o->k + kv_off, o->v ? o->v + kv_off : NULL,
                    o->lse + ((size_t)l * H + h) * n, H * d, Hkv * d, n, d};
     return v;
 }
+
+static head_view head_at(const map_ctx *c, int l, int h) { return head_of(&c->po, l, h); }
 
 /* The dense map of one head (the kept row LSE), on the backend's GPU map when it has one. */
 static int pool_head(const char *cmd, eng_backend *be, const head_view *hv, const eng_map_opts *mo, float *out) {
@@ -363,10 +410,7 @@ static int term_panel(const char *cmd, const map_args *a, const char *title, con
 
 static const char *pool_name(eng_pool p) { return p == ENG_POOL_MAX ? "max-pooled" : "mean-pooled"; }
 
-static const char *model_name(const map_ctx *c) {
-    const char *s = strrchr(c->m->dir, '/');
-    return s && s[1] ? s + 1 : c->m->dir;
-}
+static const char *model_name(const map_ctx *c) { return c->title_model; }
 
 static int run_figure(const map_args *a, map_ctx *c) {
     const char *cmd = mode_name[a->mode];
@@ -449,6 +493,26 @@ static int run_figure(const map_args *a, map_ctx *c) {
         }
         snprintf(title, sizeof title, "%.200s  layer %d, all %d heads  (%d tokens, %s)", model_name(c), l, H, n,
                  pool_name(a->pool));
+    } else if (!a->patterns) {
+        /* diff --transform: the original weights' dense map | the transformed weights' | difference */
+        const char *xn = eng_transform_name(a->xf);
+        head_view h0 = head_of(&c->po0, l, a->head), h1 = head_at(c, l, a->head);
+        if (pool_head(cmd, c->be, &h0, &mo, vals) || pool_head(cmd, c->be, &h1, &mo, vals + npx)) goto done;
+        for (size_t i = 0; i < npx; i++) {
+            float ov = vals[i], tv = vals[npx + i];
+            vals[2 * npx + i] = isnan(ov) || isnan(tv) ? NAN : fabsf(ov - tv);
+        }
+        snprintf(ptitle[0], sizeof ptitle[0], "original weights");
+        snprintf(ptitle[1], sizeof ptitle[1], "%s (%.3g%% zero, weight rel err %.2g)", xn,
+                 c->xf.n_weights ? 100.0 * (double)c->xf.n_zero / (double)c->xf.n_weights : 0.0, c->xf.rel_err);
+        snprintf(ptitle[2], sizeof ptitle[2], "|original - %s|", xn);
+        for (int i = 0; i < 3; i++)
+            pn[i] = (viz_panel){.values = vals + npx * i, .w = w, .h = h, .q0 = q0, .q1 = q1, .k0 = k0, .k1 = k1,
+                                .title = ptitle[i]};
+        const char *base = strrchr(c->m->dir, '/');
+        base = base && base[1] ? base + 1 : c->m->dir;
+        snprintf(title, sizeof title, "%.160s  layer %d head %d: %s weight transform, dense  (%d tokens, %s)", base, l,
+                 a->head, xn, n, pool_name(a->pool));
     } else {
         head_view hv = head_at(c, l, a->head);
         if (pool_head(cmd, c->be, &hv, &mo, vals)) goto done;

@@ -20,6 +20,7 @@
 
 #include "cli.h"
 #include "eng_session.h"
+#include "eng_transform.h"
 #include "tui_draw.h"
 #include "tui_layout.h"
 #include "tui_state.h"
@@ -67,12 +68,17 @@ static void install_signals(void) {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: attnscope tui --model DIR --prompt FILE [--patterns CFG.json] [--no-color]\n"
-               "                     [--backend auto|cpu|cuda] [--max-tokens N] [--out-dir DIR]\n\n"
+               "                     [--backend auto|cpu|cuda] [--max-tokens N] [--out-dir DIR]\n"
+               "                     [--transform 24|int8|24+int8]\n\n"
                "The interactive explorer: a layer x head overview, the selected head's attention heatmap with\n"
                "the sparse index over it, pattern editing that re-runs the layer from the kept Q/K/V, dense vs\n"
                "sparse numbers per layer and end to end, and a teach view of the vertical-slash index build.\n"
                "Without arguments `attnscope` opens the shipped sample model on its long prompt.\n"
                "Exports (e) and saved configs (s) go to --out-dir (default: the current directory).\n"
+               "--transform T explores a one-shot 2:4-pruned (24), INT8 (int8) or both (24+int8) copy of the\n"
+               "attention and MLP weights: maps and numbers are of the transformed model, the header names the\n"
+               "transform, the end-to-end run (r) adds KL / top-1 / perplexity against the original weights,\n"
+               "and x switches between the transformed and the original weights (re-running the prefill).\n"
                "Press ? or F1 inside for the keys.\n");
 }
 
@@ -163,6 +169,7 @@ static void send(tui_worker *w, tui_state *s, const tui_cmd *c) {
         tui_worker_export(w, &v, s->overlay);
     }
     if (c->save) tui_worker_save(w);
+    if (c->transform) tui_worker_transform(w);
     if (c->view_changed) {
         eng_view v = tui_state_view(s);
         tui_worker_view(w, &v);
@@ -172,12 +179,13 @@ static void send(tui_worker *w, tui_state *s, const tui_cmd *c) {
 int cmd_tui(int argc, char **argv) {
     const char *model = NULL, *prompt = NULL, *patterns = NULL, *backend = "auto", *out_dir = ".";
     int no_color = 0, max_tokens = 0;
+    unsigned xf_flags = 0;
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},   {"prompt", required_argument, 0, 'p'},
         {"patterns", required_argument, 0, 'c'}, {"no-color", no_argument, 0, 'n'},
         {"backend", required_argument, 0, 'b'}, {"max-tokens", required_argument, 0, 't'},
         {"out-dir", required_argument, 0, 'o'}, {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0},
+        {"transform", required_argument, 0, 'X'}, {0, 0, 0, 0},
     };
     optind = 1;
     opterr = 0;
@@ -191,6 +199,13 @@ int cmd_tui(int argc, char **argv) {
         case 'b': backend = optarg; break;
         case 't': if (cli_parse_int("tui", "--max-tokens", optarg, 2, 1 << 24, &max_tokens)) return 2; break;
         case 'o': out_dir = optarg; break;
+        case 'X':
+            if (eng_transform_parse(optarg, &xf_flags, &(eng_err){{0}})) {
+                cli_error("tui", "--transform: bad value '%s' (want 24, int8 or 24+int8)", optarg);
+                usage(stderr);
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); return 0;
         default:
             cli_error("tui", "unknown or incomplete option '%s'", argv[optind - 1]);
@@ -238,7 +253,7 @@ int cmd_tui(int argc, char **argv) {
     }
 
     eng_session_opts so = {.model_dir = model, .prompt_path = prompt, .patterns_path = patterns,
-                           .backend = backend, .max_tokens = max_tokens};
+                           .backend = backend, .max_tokens = max_tokens, .transform = xf_flags};
     eng_session *sess = NULL;
     eng_err err;
     if (eng_session_open(&sess, &so, &err)) {

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <wchar.h>
 
+#include "eng_transform.h"
 #include "viz_color.h"
 #include "viz_term.h"
 
@@ -176,11 +177,24 @@ static void draw_header(const tui_layout *l, const eng_snapshot *snap, const tui
     }
     int rw = (int)strlen(right) + (bar ? bar + 2 : 0);
     if (rw > l->cols / 2) rw = l->cols / 2;
-    char left[400];
-    if (snap)
-        snprintf(left, sizeof left, " attnscope | %s | %d tokens | %dx%d heads (kv %d) | %s", snap->model, snap->n_tokens,
-                 snap->n_layers, snap->n_heads, snap->n_kv_heads, snap->backend);
-    else
+    char left[400], xf[160] = "";
+    if (snap) {
+        /* the weight transform right after the model (the backend is the first to be cut); a short
+         * form when the long one does not fit */
+        for (int shortf = 0; shortf < 2; shortf++) {
+            const char *nm = eng_transform_name(snap->transform_avail);
+            if (!snap->transform_avail) xf[0] = 0;
+            else if (!snap->transform) snprintf(xf, sizeof xf, " | original weights (x: %s)", nm);
+            else if (!shortf)
+                snprintf(xf, sizeof xf, " | %s (%.3g%% of attention/MLP weights zero, weight rel err %.2g)", nm,
+                         100 * snap->xf_zero, snap->xf_rel_err);
+            else
+                snprintf(xf, sizeof xf, " | %s (%.3g%% zero, rel err %.2g)", nm, 100 * snap->xf_zero, snap->xf_rel_err);
+            snprintf(left, sizeof left, " attnscope | %s%s | %d tokens | %dx%d heads (kv %d) | %s", snap->model, xf,
+                     snap->n_tokens, snap->n_layers, snap->n_heads, snap->n_kv_heads, snap->backend);
+            if ((int)strlen(left) - (int)strlen(snap->backend) - 3 <= l->cols - rw - 1) break;
+        }
+    } else
         snprintf(left, sizeof left, " attnscope | loading");
     put(0, 0, l->cols - rw - 1, R_HEADER, "%s", left);
     int x = l->cols - rw;
@@ -539,8 +553,12 @@ static void draw_compare(const tui_layout *l, const tui_state *s, const eng_snap
         move(y, r->x);
         for (int x = 0; x < r->w; x++) addch(' ');
     }
+    /* a transform adds two end-to-end rows; where the panel has no room for them the column
+     * header moves into the title and the index-build row goes */
+    const int xf = snap && snap->transform, tight = xf && r->h < 13;
     fill_line(r->y, r->x, r->w, R_TITLE);
-    put(r->y, r->x, r->w, R_TITLE, " Compare layer %d: dense vs sparse", s->layer);
+    if (tight) put(r->y, r->x, r->w, R_TITLE, " Layer %-4d dense    sparse   speed-up", s->layer);
+    else put(r->y, r->x, r->w, R_TITLE, " Compare layer %d: dense vs sparse", s->layer);
     if (!snap || !snap->ready || !snap->layers) {
         put(r->y + 1, r->x + 1, r->w - 1, R_DIM, "available after the prefill");
         return;
@@ -548,13 +566,13 @@ static void draw_compare(const tui_layout *l, const tui_state *s, const eng_snap
     const eng_layer_stat *ls = &snap->layers[s->layer];
     char a[24], b[24], c[24], d[24];
     int y = r->y + 1, w = r->w, x = r->x;
-    put(y++, x, w, R_DIM, "            dense    sparse   speed-up");
+    if (!tight) put(y++, x, w, R_DIM, "            dense    sparse   speed-up");
     fmt_time(ls->dense_s, a, sizeof a);
     fmt_time(ls->sparse_s, b, sizeof b);
     double su = ls->sparse_s > 0 ? ls->dense_s / ls->sparse_s : 0;
     put(y++, x, w, su >= 1 ? R_GOOD : R_WARN, " attn time  %-8s %-8s %.2fx", a, b, su);
     fmt_time(ls->index_s, a, sizeof a);
-    put(y++, x, w, R_DIM, "  index build %s (in sparse)", a);
+    if (!tight) put(y++, x, w, R_DIM, "  index build %s (in sparse)", a);
     fmt_num(ls->density, c, sizeof c);
     put(y++, x, w, R_NONE, " density    1        %-8s", c);
     fmt_num(ls->recall, c, sizeof c);
@@ -563,7 +581,8 @@ static void draw_compare(const tui_layout *l, const tui_state *s, const eng_snap
     put(y++, x, w, R_NONE, " out error  0        %-8s", d);
     if (y >= r->y + r->h) return;
     fill_line(y, x, w, R_TITLE);
-    put(y++, x, w, R_TITLE, " End to end (r re-runs)");
+    if (xf) put(y++, x, w, R_TITLE, " End to end, %s weights (r)", eng_transform_name(snap->transform));
+    else put(y++, x, w, R_TITLE, " End to end (r re-runs)");
     if (y >= r->y + r->h) return;
     const eng_e2e_stat *e = &snap->e2e;
     if (!e->valid) {
@@ -579,6 +598,13 @@ static void draw_compare(const tui_layout *l, const tui_state *s, const eng_snap
     put(y++, x, w, R_NONE, " KL %s  top-1 %.1f%%", c, 100 * e->top1);
     if (y >= r->y + r->h) return;
     put(y++, x, w, R_NONE, " ppl %.4g -> %.4g", e->ppl_dense, e->ppl_sparse);
+    if (!e->xf_valid || y >= r->y + r->h) return;
+    /* the transform's own effect: dense prefills of the original and the transformed weights */
+    fmt_num(e->xf_kl, c, sizeof c);
+    put(y++, x, w, R_WARN, " vs orig: KL %s  top-1 %.1f%%", c, 100 * e->xf_top1);
+    if (y >= r->y + r->h) return;
+    put(y++, x, w, R_WARN, " ppl orig %.4g -> %s %.4g", e->xf_ppl_orig, eng_transform_name(snap->transform),
+        e->xf_ppl_xf);
 }
 
 /* ---- help ---- */

@@ -7,6 +7,7 @@
 
 #include "eng_index.h"
 #include "eng_pattern.h"
+#include "eng_transform.h"
 #include "viz_mapfig.h"
 #include "viz_png.h"
 
@@ -57,7 +58,12 @@ int tui_export_png(const eng_snapshot *snap, int overlay, const char *command, c
     char pat[128];
     eng_pattern_describe(&hs->pat, pat, sizeof pat);
     long long q1 = (long long)v->q0 + (long long)v->rows * v->tpp, k1 = (long long)v->k0 + (long long)v->cols * v->tpp;
-    viz_mapfig mf = {.model = snap->model, .layer = v->layer, .head = v->head, .n_tokens = n, .values = vals,
+    char model[224]; /* a transformed model says so in the title */
+    if (snap->transform)
+        snprintf(model, sizeof model, "%.160s, %s weights", snap->model, eng_transform_name(snap->transform));
+    else
+        snprintf(model, sizeof model, "%s", snap->model);
+    viz_mapfig mf = {.model = model, .layer = v->layer, .head = v->head, .n_tokens = n, .values = vals,
                      .w = v->cols * up, .h = v->rows * up, .q0 = v->q0, .q1 = q1 < n ? (int)q1 : n, .k0 = v->k0,
                      .k1 = k1 < n ? (int)k1 : n, .mean = 0, .cmap = VIZ_CMAP_VIRIDIS, .scale = VIZ_SCALE_LOG,
                      .tokens = snap->labels};

@@ -67,6 +67,7 @@ const tui_key tui_key_table[] = {
     {'o', "o", TUI_ACT_OVERLAY, A, "index overlay on/off"},
     {'m', "m", TUI_ACT_METRIC, A, "metric: dens/recall/err"},
     {'t', "t", TUI_ACT_TEACH, A, "teach view (VS index)"},
+    {'x', "x", TUI_ACT_TRANSFORM, A, "--transform on/off (re-run)"},
     {'/', "/", TUI_ACT_JUMP, A, "jump to token Q or Q,K"},
     {'e', "e", TUI_ACT_EXPORT, A, "export view to PNG"},
     {'s', "s", TUI_ACT_SAVE, A, "save config (2 formats)"},

@@ -39,6 +39,7 @@ typedef enum {
     TUI_ACT_TEACH,
     TUI_ACT_OVERLAY,
     TUI_ACT_METRIC,
+    TUI_ACT_TRANSFORM,   /* weight transform (--transform) on/off: re-runs the prefill */
     TUI_ACT_MOUSE,
     TUI_ACT__COUNT
 } tui_action;

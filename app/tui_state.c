@@ -405,6 +405,7 @@ void tui_state_action(tui_state *s, tui_action a, const eng_pattern *cur, tui_cm
         break;
     case TUI_ACT_EXPORT: cmd->export_png = 1; break;
     case TUI_ACT_SAVE: cmd->save = 1; break;
+    case TUI_ACT_TRANSFORM: cmd->transform = 1; break;
     case TUI_ACT_JUMP: s->jump_active = 1; s->jump_buf[0] = 0; break;
     case TUI_ACT_TEACH:
         s->teach = !s->teach;

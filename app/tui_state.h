@@ -53,6 +53,7 @@ typedef struct {
     int run_e2e;
     int export_png;
     int save;
+    int transform;           /* toggle the weight transform (the worker re-runs the prefill) */
     int view_changed;        /* ask for a new snapshot for tui_state_view() */
 } tui_cmd;
 

@@ -10,9 +10,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "eng_transform.h"
 #include "tui_export.h"
 
-typedef enum { JOB_PREFILL, JOB_PATTERN, JOB_E2E, JOB_EXPORT, JOB_SAVE } job_kind;
+typedef enum { JOB_PREFILL, JOB_PATTERN, JOB_E2E, JOB_EXPORT, JOB_SAVE, JOB_TRANSFORM } job_kind;
 
 typedef struct {
     job_kind kind;
@@ -100,22 +101,44 @@ static void publish(tui_worker *w) {
     eng_snapshot_free(old);
 }
 
+/* The analysis prefill; 0 when it finished (the status is then ready). */
+static int run_prefill(tui_worker *w) {
+    eng_err err;
+    set_busy(w, 1, "prefill");
+    int rc = eng_session_prefill(w->s, progress, w, &err);
+    set_busy(w, 0, NULL);
+    if (rc && w->cancel) {
+        set_msg(w, 0, "prefill cancelled");
+    } else if (rc) {
+        set_msg(w, 1, "prefill failed: %s", err.msg);
+    } else {
+        pthread_mutex_lock(&w->mu);
+        w->st.ready = 1;
+        pthread_mutex_unlock(&w->mu);
+    }
+    return rc;
+}
+
 static void run_job(tui_worker *w, const job *j) {
     eng_err err;
     switch (j->kind) {
-    case JOB_PREFILL: {
-        set_busy(w, 1, "prefill");
-        int rc = eng_session_prefill(w->s, progress, w, &err);
-        set_busy(w, 0, NULL);
-        if (rc && w->cancel) {
-            set_msg(w, 0, "prefill cancelled");
-        } else if (rc) {
-            set_msg(w, 1, "prefill failed: %s", err.msg);
-        } else {
-            pthread_mutex_lock(&w->mu);
-            w->st.ready = 1;
-            pthread_mutex_unlock(&w->mu);
+    case JOB_PREFILL: run_prefill(w); break;
+    case JOB_TRANSFORM: {
+        /* swap the weights the session analyses and redo the analysis prefill on them */
+        unsigned avail = 0, on = eng_session_transform(w->s, &avail);
+        if (!avail) {
+            set_msg(w, 1, "no weight transform: start with --transform 24|int8|24+int8");
+            break;
         }
+        if (eng_session_set_transform(w->s, !on, &err)) {
+            set_msg(w, 1, "transform: %s", err.msg);
+            break;
+        }
+        pthread_mutex_lock(&w->mu);
+        w->st.ready = 0;
+        pthread_mutex_unlock(&w->mu);
+        if (!run_prefill(w))
+            set_msg(w, 0, "weights: %s, re-analysed (r: end to end)", on ? "original" : eng_transform_name(avail));
         break;
     }
     case JOB_PATTERN: {
@@ -291,6 +314,11 @@ void tui_worker_e2e(tui_worker *w) {
 
 void tui_worker_export(tui_worker *w, const eng_view *v, int overlay) {
     job j = {.kind = JOB_EXPORT, .view = *v, .overlay = overlay};
+    push(w, &j);
+}
+
+void tui_worker_transform(tui_worker *w) {
+    job j = {.kind = JOB_TRANSFORM};
     push(w, &j);
 }
 

@@ -38,6 +38,8 @@ void tui_worker_set_pattern(tui_worker *w, int layer, int head, const eng_patter
 void tui_worker_e2e(tui_worker *w);
 void tui_worker_export(tui_worker *w, const eng_view *v, int overlay);
 void tui_worker_save(tui_worker *w);
+/* Toggle the session's weight transform (eng_session_set_transform) and redo the analysis prefill. */
+void tui_worker_transform(tui_worker *w);
 
 /* The newest snapshot not yet taken, or NULL; the caller frees it (eng_snapshot_free). */
 eng_snapshot *tui_worker_take(tui_worker *w);

@@ -20,11 +20,18 @@
 #include "eng_patcfg.h"
 #include "eng_reshape.h"
 #include "eng_tok.h"
+#include "eng_transform.h"
 
 #define PROMPT_MAX_BYTES (64u << 20)
 
 struct eng_session {
-    eng_model *m;
+    eng_model *m;            /* as loaded */
+    eng_transformed xf;      /* opts.transform: the transformed copy (its untouched tensors are m's) */
+    unsigned xf_flags;       /* the session's transform; 0: none */
+    int xf_on;               /* analyse xf.model (else m) */
+    const eng_model *mr;     /* the model analysed: m or &xf.model */
+    eng_prefill_out orig;    /* the original model's dense prefill (logits only), the transform's reference */
+    int have_orig;
     eng_tokenizer *tok;
     eng_backend *be;
     int *tokens, n;
@@ -113,6 +120,13 @@ int eng_session_open(eng_session **out, const eng_session_opts *o, eng_err *err)
     if (!s) return eng_err_set(err, "session: out of memory");
     char *text = NULL;
     if (eng_model_load(&s->m, o->model_dir, err)) goto fail;
+    s->mr = s->m;
+    if (o->transform) {
+        if (eng_transform_model(s->m, o->transform, &s->xf, err)) goto fail;
+        s->xf_flags = o->transform;
+        s->xf_on = 1;
+        s->mr = &s->xf.model;
+    }
     const eng_config *c = &s->m->cfg;
     s->L = c->n_layers;
     s->H = c->n_heads;
@@ -193,6 +207,8 @@ void eng_session_free(eng_session *s) {
     free(s->tokens);
     if (s->be) s->be->destroy(s->be);
     eng_tok_free(s->tok);
+    eng_prefill_out_free(&s->orig);
+    eng_transform_free(&s->xf); /* before m: its untouched tensors are m's */
     eng_model_free(s->m);
     free(s);
 }
@@ -310,7 +326,7 @@ int eng_session_prefill(eng_session *s, eng_session_progress cb, void *ctx, eng_
                            .progress_ctx = &fwd, .cancel = s->cancel};
     eng_prefill_out_free(&s->pre);
     s->ready = 0;
-    if (s->be->prefill(s->be, s->m, s->tokens, s->n, &po, &s->pre, err)) return -1;
+    if (s->be->prefill(s->be, s->mr, s->tokens, s->n, &po, &s->pre, err)) return -1;
     if (!s->pre.q || !s->pre.k || !s->pre.v || !s->pre.lse)
         return eng_err_set(err, "prefill: the %s backend did not keep Q/K/V and LSE", s->be->name);
     free(s->sparse_out);
@@ -353,6 +369,34 @@ int eng_session_set_pattern(eng_session *s, int layer, int head, const eng_patte
     return 0;
 }
 
+int eng_session_set_transform(eng_session *s, int on, eng_err *err) {
+    if (!s->xf_flags) return eng_err_set(err, "no weight transform in this session (open it with one: 24, int8 or 24+int8)");
+    on = on != 0;
+    if (on == s->xf_on) return 0;
+    s->xf_on = on;
+    s->mr = on ? &s->xf.model : s->m;
+    /* everything below came from the other weights' Q/K/V */
+    s->ready = 0;
+    eng_prefill_out_free(&s->pre);
+    for (int l = 0; l < s->L; l++) {
+        free(s->dense_out[l]);
+        s->dense_out[l] = NULL;
+        memset(&s->ls[l], 0, sizeof s->ls[l]);
+    }
+    for (size_t i = 0; i < (size_t)s->L * s->H; i++) {
+        eng_dma_mask_free(&s->mk[i]);
+        s->hs[i].density = s->hs[i].recall = s->hs[i].error = s->hs[i].error_plain = NAN;
+    }
+    memset(&s->e2e, 0, sizeof s->e2e);
+    s->dense_plain_s = 0;
+    return 0;
+}
+
+unsigned eng_session_transform(const eng_session *s, unsigned *avail) {
+    if (avail) *avail = s->xf_flags;
+    return s->xf_on ? s->xf_flags : 0;
+}
+
 int eng_session_run_e2e(eng_session *s, eng_session_progress cb, void *ctx, eng_err *err) {
     if (!s->ready) return eng_err_set(err, "end to end: the analysis prefill has not finished");
     if (s->dense_plain_s <= 0) {
@@ -360,7 +404,7 @@ int eng_session_run_e2e(eng_session *s, eng_session_progress cb, void *ctx, eng_
         eng_prefill_opts po = {.progress = progress_layer, .progress_ctx = &fwd, .cancel = s->cancel};
         eng_prefill_out o;
         memset(&o, 0, sizeof o);
-        if (s->be->prefill(s->be, s->m, s->tokens, s->n, &po, &o, err)) return -1;
+        if (s->be->prefill(s->be, s->mr, s->tokens, s->n, &po, &o, err)) return -1;
         s->dense_plain_s = o.seconds;
         eng_prefill_out_free(&o);
     }
@@ -369,7 +413,7 @@ int eng_session_run_e2e(eng_session *s, eng_session_progress cb, void *ctx, eng_
                            .cancel = s->cancel};
     eng_prefill_out o;
     memset(&o, 0, sizeof o);
-    if (s->be->prefill(s->be, s->m, s->tokens, s->n, &po, &o, err)) return -1;
+    if (s->be->prefill(s->be, s->mr, s->tokens, s->n, &po, &o, err)) return -1;
     eng_e2e_metrics em;
     if (eng_metrics_e2e(&s->pre, &o, &em, err)) {
         eng_prefill_out_free(&o);
@@ -384,6 +428,21 @@ int eng_session_run_e2e(eng_session *s, eng_session_progress cb, void *ctx, eng_
     e.ppl_dense = em.ppl_dense;
     e.ppl_sparse = em.ppl_sparse;
     eng_prefill_out_free(&o);
+    if (s->xf_on) {
+        /* the reference: the original weights, dense (run once; the prompt never changes) */
+        if (!s->have_orig) {
+            progress_fwd f2 = {cb, ctx, "original model prefill (transform reference)"};
+            eng_prefill_opts ro = {.progress = progress_layer, .progress_ctx = &f2, .cancel = s->cancel};
+            if (s->be->prefill(s->be, s->m, s->tokens, s->n, &ro, &s->orig, err)) return -1;
+            s->have_orig = 1;
+        }
+        if (eng_metrics_e2e(&s->orig, &s->pre, &em, err)) return -1;
+        e.xf_valid = 1;
+        e.xf_kl = em.kl_last;
+        e.xf_top1 = em.top1_agree;
+        e.xf_ppl_orig = em.ppl_dense;
+        e.xf_ppl_xf = em.ppl_sparse;
+    }
     s->e2e = e;
     if (cb) cb(ctx, "sparse prefill (current patterns)", s->L, s->L);
     return 0;
@@ -695,6 +754,12 @@ int eng_session_snapshot(eng_session *s, const eng_view *v, eng_snapshot **out, 
     memcpy(sn->layers, s->ls, sizeof *sn->layers * s->L);
     sn->e2e = s->e2e;
     sn->prefill_s = s->pre.seconds;
+    sn->transform = s->xf_on ? s->xf_flags : 0;
+    sn->transform_avail = s->xf_flags;
+    if (s->xf_flags) {
+        sn->xf_zero = s->xf.n_weights ? (double)s->xf.n_zero / (double)s->xf.n_weights : 0;
+        sn->xf_rel_err = s->xf.rel_err;
+    }
     if (v) sn->view = *v;
     if (!v || !s->ready) {
         *out = sn;

@@ -21,6 +21,8 @@ typedef struct {
     const char *patterns_path; /* per-head config (MInference or attnscope JSON); NULL: default */
     const char *backend;       /* "auto" (NULL), "cpu" or "cuda" */
     int max_tokens;            /* keep at most this many prompt tokens; 0: the model's maximum */
+    unsigned transform;        /* ENG_XF_* flags (eng_transform.h): analyse a one-shot 2:4 / INT8 copy of
+                                  the weights, compared against the model as loaded; 0: none */
 } eng_session_opts;
 
 /* Progress of a long job: what is running ("prefill", "analyse", "sparse prefill"), done of total. */
@@ -52,6 +54,12 @@ typedef struct {
     double kl;                /* KL(dense || sparse) of the next-token distribution at the last position, nats */
     double top1;              /* fraction of positions whose greedy next token agrees */
     double ppl_dense, ppl_sparse; /* prompt perplexity */
+    /* With a weight transform on: its dense prefill against the original model's dense prefill
+     * (what `attnscope run --transform T` reports without --patterns). */
+    int xf_valid;
+    double xf_kl;             /* KL(original || transformed) of the next-token distribution at the last position */
+    double xf_top1;           /* fraction of positions whose greedy next token agrees */
+    double xf_ppl_orig, xf_ppl_xf; /* prompt perplexity of each */
 } eng_e2e_stat;
 
 /* What a view wants to see. The heatmap is a rows x cols pixel grid: pixel (r, c) covers queries
@@ -95,6 +103,10 @@ typedef struct {
     eng_layer_stat *layers; /* [n_layers] */
     eng_e2e_stat e2e;
     double prefill_s;     /* the analysis prefill (dense, keeping Q/K/V) */
+    unsigned transform;   /* ENG_XF_* flags of the weights everything here is of; 0: the original */
+    unsigned transform_avail; /* the session's transform, whether on or off now; 0: none */
+    double xf_zero;       /* transform_avail: fraction of the transformed weights that are zero */
+    double xf_rel_err;    /* transform_avail: ||W' - W|| / ||W|| over the transformed weights */
 
     eng_view view;        /* the view this snapshot answers (clamped) */
     int map_valid;
@@ -130,7 +142,16 @@ int eng_session_prefill(eng_session *s, eng_session_progress cb, void *ctx, eng_
  * its head and layer numbers update. End-to-end numbers are marked stale (valid = 0). */
 int eng_session_set_pattern(eng_session *s, int layer, int head, const eng_pattern *p, eng_err *err);
 
-/* A full dense prefill (timing) and a full sparse prefill with the current config. */
+/* Analyse the transformed weights (on = 1) or the original ones (on = 0) from now on. Drops the
+ * analysis (not ready, numbers NaN, end to end stale) but keeps the per-head config: run
+ * eng_session_prefill next. Error when the session was opened without a transform. */
+int eng_session_set_transform(eng_session *s, int on, eng_err *err);
+/* The flags of the weights analysed now (0: the original); *avail (may be NULL) receives the
+ * session's transform whether on or off (0: none). */
+unsigned eng_session_transform(const eng_session *s, unsigned *avail);
+
+/* A full dense prefill (timing) and a full sparse prefill with the current config; with a
+ * transform on, also the original model's dense prefill once (cached) for the xf_* numbers. */
 int eng_session_run_e2e(eng_session *s, eng_session_progress cb, void *ctx, eng_err *err);
 
 /* A snapshot for view v (clamped to the prompt). Free with eng_snapshot_free. */
