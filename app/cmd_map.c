@@ -503,7 +503,7 @@ static int run_figure(const map_args *a, map_ctx *c) {
             vals[2 * npx + i] = isnan(ov) || isnan(tv) ? NAN : fabsf(ov - tv);
         }
         snprintf(ptitle[0], sizeof ptitle[0], "original weights");
-        snprintf(ptitle[1], sizeof ptitle[1], "%s (%.3g%% zero, weight rel err %.2g)", xn,
+        snprintf(ptitle[1], sizeof ptitle[1], "%s (%.3g%% zero, rel err %.2g)", xn,
                  c->xf.n_weights ? 100.0 * (double)c->xf.n_zero / (double)c->xf.n_weights : 0.0, c->xf.rel_err);
         snprintf(ptitle[2], sizeof ptitle[2], "|original - %s|", xn);
         for (int i = 0; i < 3; i++)

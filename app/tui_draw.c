@@ -177,7 +177,7 @@ static void draw_header(const tui_layout *l, const eng_snapshot *snap, const tui
     }
     int rw = (int)strlen(right) + (bar ? bar + 2 : 0);
     if (rw > l->cols / 2) rw = l->cols / 2;
-    char left[400], xf[160] = "";
+    char left[640], xf[160] = ""; /* model, transform and backend 160 each, and the rest */
     if (snap) {
         /* the weight transform right after the model (the backend is the first to be cut); a short
          * form when the long one does not fit */
