@@ -48,9 +48,12 @@ int cli_parse_float(const char *cmd, const char *flag, const char *s, double lo,
 }
 
 char *cli_read_file(const char *cmd, const char *path, size_t max_bytes, size_t *len) {
-    FILE *f = fopen(path, "rb");
+    /* O_NONBLOCK: opening a FIFO must not block (the fstat below refuses it); no effect on files */
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
     if (!f) {
         cli_error(cmd, "%s: %s", path, strerror(errno));
+        if (fd >= 0) close(fd);
         return NULL;
     }
     struct stat st;
@@ -159,6 +162,12 @@ int cli_load_prompt(const char *cmd, const char *model_dir, const eng_config *cf
         size_t len = 0;
         char *buf = NULL;
         if (prompt && !(buf = cli_read_file(cmd, prompt, CLI_PROMPT_MAX_BYTES, &len))) return 1;
+        if (!(prompt ? len : strlen(text))) { /* BOS alone would make it one token: refuse, naming it */
+            if (prompt) cli_error(cmd, "the prompt is empty (%s is 0 bytes)", prompt);
+            else cli_error(cmd, "the prompt is empty (--text '')");
+            free(buf);
+            return 2;
+        }
         int bad = eng_tok_encode(*tok, prompt ? buf : text, prompt ? len : strlen(text), 1, ids, n, &err);
         free(buf);
         if (bad) {

@@ -50,6 +50,26 @@ static void usage(FILE *f) {
                "  --json OUT      also write every row as JSON to OUT\n");
 }
 
+/* A comma list flag (--n, --patterns), checked before any GPU work: it must fit the 256-byte parse
+ * buffer and hold at least one element and no empty one; --n elements are token counts in
+ * [1, 2^22]. Otherwise an empty list ran nothing and exited 0, and a bad element surfaced only
+ * after the GPU rows before it. Prints the usage error; 0 ok, -1 bad. */
+static int check_list(const char *flag, const char *s, int counts) {
+    size_t len = strlen(s);
+    if (len == 0 || len >= 256 || s[0] == ',' || s[len - 1] == ',' || strstr(s, ",,")) {
+        cli_error("bench", "%s: bad list '%.300s' (want comma-separated values, e.g. %s)", flag, s,
+                  counts ? "8192,16384" : "vs,bs");
+        return -1;
+    }
+    if (!counts) return 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    int v;
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
+        if (cli_parse_int("bench", flag, t, 1, 1 << 22, &v)) return -1;
+    return 0;
+}
+
 #ifdef ATTNSCOPE_CUDA
 static int parse_pair(const char *s, int *a, int *b) {
     char *end;
@@ -189,6 +209,7 @@ int cmd_bench(int argc, char **argv) {
         cli_error("bench", "--heads %d is not a multiple of --kv-heads %d", H, Hkv);
         return 2;
     }
+    if (check_list("--n", ns, 1) || check_list("--patterns", pats, 0)) return 2;
     if (synth) {
         if (!ns_set) ns = "32768,131072";
         if (!pats_set) pats = "vs,bs,ashape";

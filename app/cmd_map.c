@@ -277,6 +277,12 @@ static int ctx_open(const map_args *a, map_ctx *c) {
     size_t len = 0;
     char *buf = NULL;
     if (a->prompt && !(buf = cli_read_file(cmd, a->prompt, PROMPT_MAX_BYTES, &len))) return -1;
+    if (!(buf ? len : strlen(a->text))) { /* BOS alone would make it one token: refuse, naming it */
+        if (a->prompt) cli_error(cmd, "the prompt is empty (%s is 0 bytes)", a->prompt);
+        else cli_error(cmd, "the prompt is empty (--text '')");
+        free(buf);
+        return -1;
+    }
     int rc = eng_tok_encode(c->tok, buf ? buf : a->text, buf ? len : strlen(a->text), 1, &c->ids, &c->n, &err);
     free(buf);
     if (rc) { cli_error(cmd, "%s", err.msg); return -1; }
@@ -286,7 +292,7 @@ static int ctx_open(const map_args *a, map_ctx *c) {
     if (a->patterns) {
         if (eng_patcfg_load(&c->pc, a->patterns, &err) ||
             eng_patcfg_check_model(&c->pc, cfg->n_layers, cfg->n_heads, &err)) {
-            cli_error(cmd, "%s", err.msg);
+            cli_error(cmd, "--patterns %s: %s", a->patterns, err.msg); /* a wrong-model error names the provenance */
             return -1;
         }
         c->have_pc = 1;

@@ -3,6 +3,7 @@
  * input loop. The engine work runs in the worker (tui_worker.c); this thread only turns input into
  * commands and draws the newest snapshot. */
 #include <dirent.h>
+#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <locale.h>
@@ -245,6 +246,25 @@ int cmd_tui(int argc, char **argv) {
     if (!is_dir(out_dir)) {
         cli_error("tui", "--out-dir %s: not a directory", out_dir);
         return 2;
+    }
+    /* Usage errors before the terminal check, so they are named without a terminal too (the
+     * session re-checks everything it loads). */
+    if (strcmp(backend, "auto") && strcmp(backend, "cpu") && strcmp(backend, "cuda")) {
+        cli_error("tui", "--backend: bad value '%s' (want auto, cpu or cuda)", backend);
+        return 2;
+    }
+    struct stat mst;
+    if (stat(model, &mst) != 0) {
+        cli_error("tui", "--model %s: %s", model, strerror(errno));
+        return 1;
+    }
+    if (!is_file(prompt)) {
+        cli_error("tui", "--prompt %s: not a readable file", prompt);
+        return 1;
+    }
+    if (patterns && !is_file(patterns)) {
+        cli_error("tui", "--patterns %s: not a readable file", patterns);
+        return 1;
     }
     if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO)) {
         cli_error("tui", "the explorer needs a terminal; for a report use: attnscope run --model %s --prompt %s",

@@ -9,6 +9,9 @@
 #include <string.h>
 
 static int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+/* Viewport arithmetic in 64 bits: pixels x tokens-per-pixel exceeds INT_MAX for a huge terminal
+ * on a long prompt (10000 columns x 419431 tokens/px at 16M tokens). */
+static int clampll(long long v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : (int)v; }
 
 const char *tui_metric_name(tui_metric m) {
     switch (m) {
@@ -186,13 +189,14 @@ static void view_clamp(tui_state *s) {
     s->tpp = clampi(s->tpp, 1, s->fit_tpp);
     s->cur_q = clampi(s->cur_q, 0, n - 1);
     s->cur_k = clampi(s->cur_k, 0, n - 1);
-    int span_q = s->px_h * s->tpp, span_k = s->px_w * s->tpp;
-    if (s->cur_q < s->q0) s->q0 = s->cur_q;
-    if (s->cur_q >= s->q0 + span_q) s->q0 = s->cur_q - span_q + 1;
-    if (s->cur_k < s->k0) s->k0 = s->cur_k;
-    if (s->cur_k >= s->k0 + span_k) s->k0 = s->cur_k - span_k + 1;
-    s->q0 = clampi(s->q0, 0, n - span_q > 0 ? n - span_q : 0);
-    s->k0 = clampi(s->k0, 0, n - span_k > 0 ? n - span_k : 0);
+    long long span_q = (long long)s->px_h * s->tpp, span_k = (long long)s->px_w * s->tpp;
+    long long q0 = s->q0, k0 = s->k0;
+    if (s->cur_q < q0) q0 = s->cur_q;
+    if (s->cur_q >= q0 + span_q) q0 = s->cur_q - span_q + 1;
+    if (s->cur_k < k0) k0 = s->cur_k;
+    if (s->cur_k >= k0 + span_k) k0 = s->cur_k - span_k + 1;
+    s->q0 = clampll(q0, 0, n - span_q > 0 ? (int)(n - span_q) : 0);
+    s->k0 = clampll(k0, 0, n - span_k > 0 ? (int)(n - span_k) : 0);
 }
 
 /* Zoom to tpp keeping the cursor at the same place on screen. */
@@ -201,8 +205,8 @@ static void zoom_to(tui_state *s, int tpp) {
     if (tpp == s->tpp) return;
     int rq = (s->cur_q - s->q0) / s->tpp, rk = (s->cur_k - s->k0) / s->tpp;
     s->tpp = tpp;
-    s->q0 = s->cur_q - rq * tpp;
-    s->k0 = s->cur_k - rk * tpp;
+    s->q0 = clampll(s->cur_q - (long long)rq * tpp, 0, s->n_tokens - 1);
+    s->k0 = clampll(s->cur_k - (long long)rk * tpp, 0, s->n_tokens - 1);
     view_clamp(s);
 }
 
@@ -306,18 +310,20 @@ static void edit_pattern(tui_state *s, const eng_pattern *cur, int cycle, int di
 }
 
 static void move_cursor(tui_state *s, int dq, int dk, tui_cmd *cmd) {
-    s->cur_q += dq * s->tpp;
-    s->cur_k += dk * s->tpp;
+    s->cur_q = clampll((long long)s->cur_q + (long long)dq * s->tpp, 0, s->n_tokens - 1);
+    s->cur_k = clampll((long long)s->cur_k + (long long)dk * s->tpp, 0, s->n_tokens - 1);
     view_clamp(s);
     cmd->view_changed = 1;
 }
 
 static void pan(tui_state *s, int dq, int dk, tui_cmd *cmd) {
-    int sq = (s->px_h / 2 > 1 ? s->px_h / 2 : 1) * s->tpp, sk = (s->px_w / 2 > 1 ? s->px_w / 2 : 1) * s->tpp;
-    s->q0 += dq * sq;
-    s->cur_q += dq * sq;
-    s->k0 += dk * sk;
-    s->cur_k += dk * sk;
+    long long sq = (long long)(s->px_h / 2 > 1 ? s->px_h / 2 : 1) * s->tpp;
+    long long sk = (long long)(s->px_w / 2 > 1 ? s->px_w / 2 : 1) * s->tpp;
+    int n = s->n_tokens;
+    s->q0 = clampll(s->q0 + dq * sq, 0, n - 1);
+    s->cur_q = clampll(s->cur_q + dq * sq, 0, n - 1);
+    s->k0 = clampll(s->k0 + dk * sk, 0, n - 1);
+    s->cur_k = clampll(s->cur_k + dk * sk, 0, n - 1);
     view_clamp(s);
     cmd->view_changed = 1;
 }
@@ -339,8 +345,8 @@ static void jump_commit(tui_state *s, tui_cmd *cmd) {
     } else {
         s->cur_q = (int)q;
         s->cur_k = k >= 0 ? (int)k : (s->cur_k > q ? (int)q : s->cur_k);
-        s->q0 = s->cur_q - s->px_h * s->tpp / 2;
-        s->k0 = s->cur_k - s->px_w * s->tpp / 2;
+        s->q0 = clampll(s->cur_q - (long long)s->px_h * s->tpp / 2, 0, s->n_tokens - 1);
+        s->k0 = clampll(s->cur_k - (long long)s->px_w * s->tpp / 2, 0, s->n_tokens - 1);
         view_clamp(s);
         s->focus = TUI_FOCUS_MAP;
         snprintf(s->msg, sizeof s->msg, "cursor at query %d, key %d", s->cur_q, s->cur_k);
@@ -446,8 +452,8 @@ void tui_state_click(tui_state *s, const tui_hit *hit, const eng_pattern *cur, t
     case TUI_HIT_MAP:
         s->focus = TUI_FOCUS_MAP;
         if (s->teach) break;
-        s->cur_q = s->q0 + hit->py * s->tpp;
-        s->cur_k = s->k0 + hit->px * s->tpp;
+        s->cur_q = clampll(s->q0 + (long long)hit->py * s->tpp, 0, s->n_tokens - 1);
+        s->cur_k = clampll(s->k0 + (long long)hit->px * s->tpp, 0, s->n_tokens - 1);
         view_clamp(s);
         cmd->view_changed = 1;
         break;

@@ -430,6 +430,77 @@ static int rope_freqs_fit(const float *rf, int half, double theta, int hd, doubl
     return -1;
 }
 
+/* A longrope factor tensor (rope_factors_long/short.weight): F32 [d/2], every entry finite and
+ * positive (inv_freq is divided by it). Read with memcpy: general.alignment may be 1. */
+static int phi3_factors(const eng_gguf *g, const eng_gguf_tensor *t, const char *name, int64_t half, float *out,
+                        const char *what, eng_err *err) {
+    if (t->type != ENG_GGML_F32)
+        return eng_err_set(err, "%s: %s is %s; longrope factors must be F32", what, name, eng_gguf_type_name(t->type));
+    if (t->ndim != 1)
+        return eng_err_set(err, "%s: %s has %d dims; a 1-D list of rope.dimension_count / 2 = %lld factors expected",
+                           what, name, t->ndim, (long long)half);
+    if (t->ne[0] != half)
+        return eng_err_set(err, "%s: %s has %lld entries; rope.dimension_count / 2 = %lld expected", what, name,
+                           (long long)t->ne[0], (long long)half);
+    const unsigned char *p = g->buf + g->data_off + t->offset;
+    for (int64_t i = 0; i < half; i++) {
+        uint32_t b = (uint32_t)le(p + 4 * i, 4);
+        memcpy(&out[i], &b, 4);
+        if (!isfinite(out[i]) || !(out[i] > 0))
+            return eng_err_set(err, "%s: %s[%lld] = %g is not a positive finite factor", what, name, (long long)i,
+                               (double)out[i]);
+    }
+    return 0;
+}
+
+/* Phi-3 as llama.cpp's convert_hf_to_gguf.py (Phi3MiniModel) writes it, into the config.json j:
+ * phi3.attention.sliding_window (0: none, as Phi-4), and for the long-context models the longrope
+ * factors as the tensors rope_factors_long.weight / rope_factors_short.weight (F32 [d/2]), the
+ * original context as phi3.rope.scaling.original_context_length and the cos/sin factor as
+ * phi3.rope.scaling.attn_factor (the converter writes sqrt(1 + ln(ctx/orig) / ln(orig)); absent,
+ * eng_config derives the same). The factors go back into a rope_scaling {"rope_type": "longrope"}
+ * object so that eng_config_parse validates and stores them as for a safetensors checkpoint. */
+static int phi3_config(const eng_gguf *g, cJSON *j, int64_t hd, const char *what, eng_err *err) {
+    int64_t swa, orig;
+    double af = 0;
+    if (eng_gguf_get_int(g, "phi3.attention.sliding_window", 0, 0, 1 << 27, &swa, what, err) ||
+        eng_gguf_get_int(g, "phi3.rope.scaling.original_context_length", -1, 2, 1 << 27, &orig, what, err))
+        return -1;
+    cJSON_AddNumberToObject(j, "sliding_window", (double)swa);
+    const eng_gguf_tensor *tl = eng_gguf_find_tensor(g, "rope_factors_long.weight");
+    const eng_gguf_tensor *ts = eng_gguf_find_tensor(g, "rope_factors_short.weight");
+    if (!tl && !ts) return 0; /* Phi-3-mini-4k, Phi-4: plain RoPE */
+    if (!tl || !ts)
+        return eng_err_set(err, "%s: %s without %s (longrope needs both factor lists)", what,
+                           tl ? "rope_factors_long.weight" : "rope_factors_short.weight",
+                           tl ? "rope_factors_short.weight" : "rope_factors_long.weight");
+    if (orig < 0)
+        return eng_err_set(err, "%s: rope_factors_long/short.weight present but no "
+                                "phi3.rope.scaling.original_context_length (longrope needs the original context)",
+                           what);
+    const eng_gguf_kv *afk = eng_gguf_find_kv(g, "phi3.rope.scaling.attn_factor");
+    if (afk) {
+        if (eng_gguf_get_float(g, "phi3.rope.scaling.attn_factor", 1.0, &af, what, err)) return -1;
+        if (!(af > 0) || af > 1e6)
+            return eng_err_set(err, "%s: phi3.rope.scaling.attn_factor = %g is not in (0, 1e6]", what, af);
+    }
+    const int64_t half = hd / 2;
+    float fl[ENG_ROPE_MAX_FACTORS], fs[ENG_ROPE_MAX_FACTORS];
+    if (half > ENG_ROPE_MAX_FACTORS)
+        return eng_err_set(err, "%s: head dim %lld too large for longrope", what, (long long)hd);
+    if (phi3_factors(g, tl, "rope_factors_long.weight", half, fl, what, err) ||
+        phi3_factors(g, ts, "rope_factors_short.weight", half, fs, what, err))
+        return -1;
+    cJSON_AddNumberToObject(j, "original_max_position_embeddings", (double)orig);
+    cJSON *rs = cJSON_AddObjectToObject(j, "rope_scaling");
+    cJSON_AddStringToObject(rs, "rope_type", "longrope");
+    cJSON_AddItemToObject(rs, "short_factor", cJSON_CreateFloatArray(fs, (int)half));
+    cJSON_AddItemToObject(rs, "long_factor", cJSON_CreateFloatArray(fl, (int)half));
+    cJSON_AddNumberToObject(rs, "original_max_position_embeddings", (double)orig);
+    if (afk) cJSON_AddNumberToObject(rs, "attention_factor", af);
+    return 0;
+}
+
 int eng_gguf_config(const eng_gguf *g, eng_config *cfg, const char *what, eng_err *err) {
     const char *as;
     uint64_t an;
@@ -439,9 +510,14 @@ int eng_gguf_config(const eng_gguf *g, eng_config *cfg, const char *what, eng_er
     if (an == 0 || an >= sizeof arch) return eng_err_set(err, "%s: bad general.architecture", what);
     memcpy(arch, as, an);
     arch[an] = 0;
-    const char *hf = !strcmp(arch, "llama") ? "LlamaForCausalLM" : !strcmp(arch, "qwen2") ? "Qwen2ForCausalLM" : NULL;
+    const char *hf = !strcmp(arch, "llama")   ? "LlamaForCausalLM"
+                     : !strcmp(arch, "qwen2") ? "Qwen2ForCausalLM"
+                     : !strcmp(arch, "phi3")  ? "Phi3ForCausalLM"
+                                              : NULL;
     if (!hf)
-        return eng_err_set(err, "%s: GGUF architecture \"%s\" is not supported (llama, qwen2 are)", what, arch);
+        return eng_err_set(err, "%s: GGUF architecture \"%s\" is not supported (llama, qwen2, phi3 are)", what,
+                           arch);
+    const int phi3 = !strcmp(arch, "phi3");
     int64_t C, L, F, H, Hkv, ctx, hd, rdim, V, bos, eos;
     double eps, theta;
     const eng_gguf_tensor *emb = eng_gguf_find_tensor(g, "token_embd.weight");
@@ -494,7 +570,17 @@ int eng_gguf_config(const eng_gguf *g, eng_config *cfg, const char *what, eng_er
     if (bos >= 0) cJSON_AddNumberToObject(j, "bos_token_id", (double)bos);
     if (eos >= 0) cJSON_AddNumberToObject(j, "eos_token_id", (double)eos);
     const eng_gguf_tensor *rf = eng_gguf_find_tensor(g, "rope_freqs.weight");
-    if (rf) {
+    if (phi3) {
+        if (rf) {
+            cJSON_Delete(j);
+            return eng_err_set(err, "%s: rope_freqs.weight in a phi3 file is not supported (Phi-3 scales RoPE with "
+                                    "rope_factors_long/short.weight)", what);
+        }
+        if (phi3_config(g, j, hd, what, err)) {
+            cJSON_Delete(j);
+            return -1;
+        }
+    } else if (rf) {
         double factor, low, high;
         int orig;
         if (rf->type != ENG_GGML_F32 || rf->ne[0] != hd / 2 || rf->ndim != 1 ||
@@ -520,6 +606,7 @@ int eng_gguf_config(const eng_gguf *g, eng_config *cfg, const char *what, eng_er
     free(txt);
     if (rc == 0) {
         const eng_gguf_tensor *big = eng_gguf_find_tensor(g, "blk.0.attn_q.weight");
+        if (!big) big = eng_gguf_find_tensor(g, "blk.0.attn_qkv.weight"); /* phi3: fused */
         snprintf(cfg->torch_dtype, sizeof cfg->torch_dtype, "gguf-%s", big ? eng_gguf_type_name(big->type) : "?");
     }
     return rc;
@@ -647,6 +734,28 @@ static int bind(gguf_impl *im, eng_tensor *out, const char *name, int optional, 
     return 0;
 }
 
+/* A fused phi3 matrix (rows x C), with what its rows hold added to a shape mismatch message. */
+static int bind_fused(gguf_impl *im, eng_tensor *out, const char *name, int64_t rows, int64_t C, const char *parts,
+                      const char *what, eng_err *err) {
+    if (!bind(im, out, name, 0, 2, rows, C, 0, what, err)) return 0;
+    if (strstr(err->msg, "ggml shape")) {
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        eng_err_set(err, "%.400s (phi3 fuses %s)", msg, parts);
+    }
+    return -1;
+}
+
+/* Rows [r0, r0 + rows) of the bound 2-D tensor f as a view: the phi3 fused matrices seen as the
+ * separate projections the backends take (as eng_model.c does for the safetensors qkv_proj). */
+static void row_slice(eng_tensor *out, const eng_tensor *f, int64_t r0, int64_t rows, const char *part) {
+    *out = *f;
+    snprintf(out->name, sizeof out->name, "%.110s[%s]", f->name, part);
+    out->shape[0] = rows;
+    out->numel = rows * f->shape[1];
+    out->data = (const unsigned char *)f->data + (size_t)(r0 * f->shape[1]) * eng_dtype_size(f->dtype);
+}
+
 int eng_gguf_load(eng_model **out, const char *path, eng_err *err) {
     *out = NULL;
     eng_model *m = calloc(1, sizeof *m);
@@ -682,7 +791,8 @@ int eng_gguf_load(eng_model **out, const char *path, eng_err *err) {
     const eng_config *c = &m->cfg;
     int64_t C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
     int64_t Dq = (int64_t)c->n_heads * c->head_dim, Dkv = (int64_t)c->n_kv_heads * c->head_dim;
-    int perm = c->arch == ENG_ARCH_LLAMA; /* qwen2 GGUFs keep HF order (NEOX RoPE in llama.cpp) */
+    int perm = c->arch == ENG_ARCH_LLAMA; /* qwen2, phi3 GGUFs keep HF order (NEOX RoPE in llama.cpp) */
+    const int phi3 = c->arch == ENG_ARCH_PHI3;
     int64_t np = 0;
     if (bind(im, &m->embed, "token_embd.weight", 0, 2, V, C, 0, path, err) ||
         bind(im, &m->final_norm, "output_norm.weight", 0, 1, C, 0, 0, path, err))
@@ -709,9 +819,21 @@ int eng_gguf_load(eng_model **out, const char *path, eng_err *err) {
         np += w->field.numel;                                                                                     \
     } while (0)
         B(attn_norm, "attn_norm.weight", 0, 1, C, 0, 0);
-        B(wq, "attn_q.weight", 0, 2, Dq, C, perm ? c->n_heads : 0);
-        B(wk, "attn_k.weight", 0, 2, Dkv, C, perm ? c->n_kv_heads : 0);
-        B(wv, "attn_v.weight", 0, 2, Dkv, C, 0);
+        if (phi3 && eng_gguf_find_tensor(&im->g, (snprintf(nm, sizeof nm, "blk.%d.attn_qkv.weight", l), nm))) {
+            /* fused (Dq + 2 Dkv, C): rows q, k, v as HF's qkv_proj (phi3 uses NEOX RoPE in llama.cpp, so
+             * its converter leaves q/k unpermuted); llama.cpp also takes separate attn_q/k/v (else branch) */
+            eng_tensor f;
+            if (bind_fused(im, &f, nm, Dq + 2 * Dkv, C, "q, k, v: head_count + 2 head_count_kv heads", path, err))
+                goto fail;
+            np += f.numel;
+            row_slice(&w->wq, &f, 0, Dq, "q");
+            row_slice(&w->wk, &f, Dq, Dkv, "k");
+            row_slice(&w->wv, &f, Dq + Dkv, Dkv, "v");
+        } else {
+            B(wq, "attn_q.weight", 0, 2, Dq, C, perm ? c->n_heads : 0);
+            B(wk, "attn_k.weight", 0, 2, Dkv, C, perm ? c->n_kv_heads : 0);
+            B(wv, "attn_v.weight", 0, 2, Dkv, C, 0);
+        }
         B(wo, "attn_output.weight", 0, 2, C, Dq, 0);
         if (c->qkv_bias) {
             B(bq, "attn_q.bias", 0, 1, Dq, 0, 0);
@@ -719,14 +841,28 @@ int eng_gguf_load(eng_model **out, const char *path, eng_err *err) {
             B(bv, "attn_v.bias", 0, 1, Dkv, 0, 0);
         }
         B(ffn_norm, "ffn_norm.weight", 0, 1, C, 0, 0);
-        B(w_gate, "ffn_gate.weight", 0, 2, F, C, 0);
-        B(w_up, "ffn_up.weight", 0, 2, F, C, 0);
+        if (phi3) {
+            /* llama.cpp's phi3 has no ffn_gate: ffn_up is HF's gate_up_proj, (2F, C), rows gate then up
+             * (its fused SwiGLU takes silu of the first half, as Phi3MLP's chunk(2)) */
+            eng_tensor f;
+            snprintf(nm, sizeof nm, "blk.%d.ffn_up.weight", l);
+            if (bind_fused(im, &f, nm, 2 * F, C, "gate, up: 2 x feed_forward_length", path, err)) goto fail;
+            np += f.numel;
+            row_slice(&w->w_gate, &f, 0, F, "gate");
+            row_slice(&w->w_up, &f, F, F, "up");
+        } else {
+            B(w_gate, "ffn_gate.weight", 0, 2, F, C, 0);
+            B(w_up, "ffn_up.weight", 0, 2, F, C, 0);
+        }
         B(w_down, "ffn_down.weight", 0, 2, C, F, 0);
 #undef B
-        if (!c->qkv_bias && eng_gguf_find_tensor(&im->g, (snprintf(nm, sizeof nm, "blk.%d.attn_q.bias", l), nm))) {
-            eng_err_set(err, "%s: %s present but the llama architecture has no q/k/v biases", path, nm);
-            goto fail;
-        }
+        static const char *const nobias[] = {"attn_q.bias", "attn_qkv.bias"};
+        for (int k = 0; k < 2 && !c->qkv_bias; k++)
+            if (eng_gguf_find_tensor(&im->g, (snprintf(nm, sizeof nm, "blk.%d.%s", l, nobias[k]), nm))) {
+                eng_err_set(err, "%s: %s present but the %s architecture has no q/k/v biases", path, nm,
+                            phi3 ? "phi3" : "llama");
+                goto fail;
+            }
     }
     m->n_params = np;
     *out = m;

@@ -1,8 +1,8 @@
 /* eng_gguf: llama.cpp's GGUF files (v2, v3; little-endian): header, metadata key/values (incl.
  * arrays), tensor infos and the aligned data section. eng_gguf_parse validates a whole file held
  * in memory (used by the loader on an mmap and by the fuzz target on arbitrary bytes);
- * eng_gguf_load turns a llama / qwen2 GGUF into an eng_model (F32, F16, BF16 mapped in place,
- * Q8_0 dequantised to BF16 into buffers the model owns); eng_gguf_load_tokenizer reads the
+ * eng_gguf_load turns a llama / qwen2 / phi3 GGUF into an eng_model (F32, F16, BF16 mapped in
+ * place, Q8_0 dequantised to BF16 into buffers the model owns); eng_gguf_load_tokenizer reads the
  * tokenizer.ggml.* vocabulary. */
 #ifndef ENG_GGUF_H
 #define ENG_GGUF_H
@@ -89,11 +89,15 @@ const char *eng_gguf_type_name(int ggml_type);
 /* Nonzero when path names a regular file ending in ".gguf" (the eng_model_load hook). */
 int eng_gguf_is_path(const char *path);
 
-/* Build the eng_config a GGUF describes (via eng_config_parse, so the same validation applies). */
+/* Build the eng_config a GGUF describes (via eng_config_parse, so the same validation applies).
+ * phi3: phi3.attention.sliding_window, and longrope from the rope_factors_long/short.weight
+ * tensors with phi3.rope.scaling.original_context_length and .attn_factor. */
 int eng_gguf_config(const eng_gguf *g, eng_config *cfg, const char *what, eng_err *err);
 
 /* Load a GGUF model file. llama-architecture files have their Q/K rows un-permuted back to the
- * Hugging Face (rotate-half RoPE) order (see eng_gguf.c). On failure *out is NULL. */
+ * Hugging Face (rotate-half RoPE) order (see eng_gguf.c); phi3's fused blk.N.attn_qkv (q, k, v)
+ * and blk.N.ffn_up (gate, up) are exposed as row-slice views, as eng_model does for Phi-3's
+ * safetensors. On failure *out is NULL. */
 int eng_gguf_load(eng_model **out, const char *path, eng_err *err);
 
 /* The tokenizer in a GGUF file's metadata (tokenizer.ggml.model "gpt2" or "llama"). */

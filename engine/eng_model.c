@@ -398,7 +398,8 @@ typedef struct {
 } model_impl;
 
 static char *read_file(const char *path, size_t cap, size_t *len, eng_err *err) {
-    int fd = open(path, O_RDONLY);
+    /* O_NONBLOCK: opening a FIFO must not block (the fstat below refuses it); no effect on files */
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
     if (fd < 0) {
         eng_err_set(err, "%s: %s", path, strerror(errno));
         return NULL;
@@ -435,7 +436,7 @@ static char *read_file(const char *path, size_t cap, size_t *len, eng_err *err) 
 
 static int shard_open(shard *s, const char *path, eng_err *err) {
     snprintf(s->path, sizeof s->path, "%s", path);
-    int fd = open(path, O_RDONLY);
+    int fd = open(path, O_RDONLY | O_NONBLOCK); /* a FIFO must not block: refused below */
     if (fd < 0) return eng_err_set(err, "%s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {

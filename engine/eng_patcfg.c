@@ -8,6 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -198,6 +201,30 @@ static cJSON *parse_json(const char *json, size_t len, const char *what, eng_err
             return NULL;
         }
     return root;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+/* A key given twice in one object: cJSON keeps both and lookups see only the first, so the file
+ * would silently mean something else than it says. Sorted per object: O(k log k). *dup is the key. */
+static int find_dup_key(const cJSON *o, const char **dup) {
+    int n = 0;
+    for (const cJSON *c = o ? o->child : NULL; c; c = c->next) {
+        if (find_dup_key(c, dup)) return 1;
+        n += cJSON_IsObject(o) && c->string;
+    }
+    if (n < 2) return 0;
+    const char **keys = malloc(sizeof(char *) * (size_t)n);
+    if (!keys) return 0; /* out of memory: the lookups still work */
+    int k = 0;
+    for (const cJSON *c = o->child; c; c = c->next)
+        if (c->string) keys[k++] = c->string;
+    qsort(keys, (size_t)k, sizeof *keys, cmp_str);
+    int found = 0;
+    for (int i = 1; i < k && !found; i++)
+        if (!strcmp(keys[i - 1], keys[i])) *dup = keys[i], found = 1;
+    free(keys);
+    return found;
 }
 
 /* Strict non-negative integer from a JSON number. */
@@ -470,6 +497,11 @@ int eng_patcfg_parse_native(eng_patcfg *pc, const char *json, size_t len, const 
     char where[640];
     if (!cJSON_IsObject(root)) {
         eng_err_set(err, "%s: top level must be an object with \"format\": \"%s\"", what, NATIVE_FORMAT);
+        goto done;
+    }
+    const char *dup = NULL;
+    if (find_dup_key(root, &dup)) {
+        eng_err_set(err, "%s: field \"%s\" appears twice in one object", what, dup);
         goto done;
     }
     static const char *const top_keys[] = {"format", "version", "n_layers", "n_heads", "default", "layers",
@@ -747,8 +779,16 @@ int eng_patcfg_parse(eng_patcfg *pc, const char *json, size_t len, const char *w
 
 int eng_patcfg_load(eng_patcfg *pc, const char *path, eng_err *err) {
     memset(pc, 0, sizeof *pc);
-    FILE *f = fopen(path, "rb");
+    /* O_NONBLOCK: opening a FIFO must not block (the fstat below refuses it); no effect on files */
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
+    if (!f && fd >= 0) close(fd);
     if (!f) return eng_err_set(err, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st; /* a directory reads as a bare "read error", a FIFO would block */
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return eng_err_set(err, "%s: not a regular file", path);
+    }
     const size_t max = (size_t)64 << 20;
     char *buf = malloc(max + 1);
     if (!buf) {

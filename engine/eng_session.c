@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "eng_backend.h"
@@ -78,9 +80,18 @@ static eng_pattern default_pattern(int n) {
 }
 
 static char *read_text(const char *path, size_t *len, eng_err *err) {
-    FILE *f = fopen(path, "rb");
+    /* O_NONBLOCK: opening a FIFO must not block (the fstat below refuses it); no effect on files */
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
     if (!f) {
         eng_err_set(err, "%s: %s", path, strerror(errno));
+        if (fd >= 0) close(fd);
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        eng_err_set(err, "%s: not a regular file", path);
         return NULL;
     }
     char *buf = NULL;
@@ -150,7 +161,13 @@ int eng_session_open(eng_session **out, const eng_session_opts *o, eng_err *err)
     size_t LH = (size_t)s->L * s->H;
     eng_pattern def = default_pattern(s->n);
     if (o->patterns_path) {
-        if (eng_patcfg_load(&s->pc, o->patterns_path, err) || eng_patcfg_check_model(&s->pc, s->L, s->H, err)) goto fail;
+        if (eng_patcfg_load(&s->pc, o->patterns_path, err)) goto fail;
+        if (eng_patcfg_check_model(&s->pc, s->L, s->H, err)) { /* it names the provenance: add the file */
+            char why[sizeof err->msg];
+            snprintf(why, sizeof why, "%s", err->msg);
+            eng_err_set(err, "--patterns %s: %s", o->patterns_path, why);
+            goto fail;
+        }
         if (s->pc.cfg.n_layers != s->L || s->pc.cfg.n_heads != s->H) {
             /* a config naming fewer layers/heads: re-home it on the model's shape, rest default */
             eng_patcfg full;

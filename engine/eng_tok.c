@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -1187,7 +1189,10 @@ static int config_token(const eng_tokenizer *t, const cJSON *tc, const char *key
 }
 
 static char *slurp(const char *path, size_t cap, size_t *len, eng_err *err) {
-    FILE *f = fopen(path, "rb");
+    /* O_NONBLOCK: opening a FIFO must not block (the fstat below refuses it); no effect on files */
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
+    if (!f && fd >= 0) close(fd);
     if (!f) return eng_err_set(err, "%s: cannot open: %s", path, strerror(errno)), NULL;
     struct stat st;
     if (fstat(fileno(f), &st) || !S_ISREG(st.st_mode)) {

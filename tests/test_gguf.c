@@ -1,7 +1,8 @@
 /* test_gguf: llama.cpp GGUF files (eng_gguf): the tiny fixtures converted by tools/gguf_write.py
- * (as convert_hf_to_gguf.py does: renamed tensors, permuted llama q/k rows, rope_freqs) load into
- * the same eng_model as their safetensors, prefill to Hugging Face's logits (reference.json), Q8_0
- * dequantises within its quantisation step, and malformed files are refused with a message. */
+ * (as convert_hf_to_gguf.py does: renamed tensors, permuted llama q/k rows, rope_freqs; for phi3
+ * the fused attn_qkv / ffn_up and the longrope factor tensors) load into the same eng_model as
+ * their safetensors, prefill to Hugging Face's logits (reference*.json), Q8_0 dequantises within
+ * its quantisation step, and malformed files (incl. edited phi3 metadata) are refused by name. */
 #include "test_util.h"
 
 #include <dirent.h>
@@ -59,6 +60,8 @@ static int setup(void **st) {
         {"tiny-qwen2", "f16", "tiny-qwen2.gguf"},
         {"tiny-llama-bf16-sharded", "bf16", "tiny-llama-bf16-sharded.gguf"},
         {"tiny-llama3-rope", "f32", "tiny-llama3-rope.gguf"},
+        {"tiny-phi3", "f32", "tiny-phi3.gguf"},
+        {"tiny-phi3", "bf16", "tiny-phi3-bf16.gguf"},
     };
     for (size_t i = 0; i < sizeof conv / sizeof conv[0]; i++)
         if (sh("python3 tools/gguf_write.py --model " FIX "%s --outtype %s %s/%s >/dev/null", conv[i][0], conv[i][1],
@@ -68,6 +71,12 @@ static int setup(void **st) {
     if (sh("python3 tools/make_tiny_model.py %s/tiny64 --hidden 64 --intermediate 96 --heads 4 --kv-heads 2 "
            "--vocab 272 --layers 2 --seed 9 >/dev/null && "
            "python3 tools/gguf_write.py --model %s/tiny64 --outtype q8_0 %s/tiny64-q8_0.gguf >/dev/null",
+           tmpdir, tmpdir, tmpdir))
+        return -1;
+    /* and a 64-wide Phi-3 (longrope, sliding window) for Q8_0 of the fused matrices */
+    if (sh("python3 tools/make_tiny_model.py %s/phi3-64 --arch phi3 --hidden 64 --intermediate 96 --heads 4 "
+           "--kv-heads 2 --vocab 272 --layers 2 --longrope 32 --sliding-window 48 --seed 9 >/dev/null && "
+           "python3 tools/gguf_write.py --model %s/phi3-64 --outtype q8_0 %s/phi3-64-q8_0.gguf >/dev/null",
            tmpdir, tmpdir, tmpdir))
         return -1;
     return 0;
@@ -139,6 +148,15 @@ static void compare_models(const char *st_dir, const char *gguf, double tol) {
         assert_true(fabsf(x->rope_high_freq_factor - y->rope_high_freq_factor) < 1e-6f);
         assert_int_equal(x->rope_original_max_pos, y->rope_original_max_pos);
     }
+    assert_int_equal(x->sliding_window, y->sliding_window);
+    assert_int_equal(x->rope_longrope, y->rope_longrope);
+    if (x->rope_longrope) { /* factors travel as F32 tensors: exact */
+        assert_int_equal(x->rope_original_max_pos, y->rope_original_max_pos);
+        assert_true(fabsf(x->rope_factor - y->rope_factor) <= 1e-6f * x->rope_factor);
+        assert_true(fabsf(x->rope_attn_factor - y->rope_attn_factor) <= 1e-6f * x->rope_attn_factor);
+        assert_memory_equal(x->rope_short_factor, y->rope_short_factor, sizeof(float) * (size_t)(x->head_dim / 2));
+        assert_memory_equal(x->rope_long_factor, y->rope_long_factor, sizeof(float) * (size_t)(x->head_dim / 2));
+    }
     assert_int_equal(a->n_params, b->n_params);
     tensors_equal(&a->embed, &b->embed, tol, "embed");
     tensors_equal(&a->final_norm, &b->final_norm, tol, "final_norm");
@@ -190,6 +208,58 @@ static void test_q8_0(void **st) {
     compare_models(dir, "tiny64-q8_0.gguf", 1.0 / 127 / 2 + 1.0 / 256);
 }
 
+/* Prefill the model file `gp` on the tokens of the tools/hf_reference.py file `ref` and compare its
+ * last logits (rel L2 < 1e-4), its argmax where transformers' margin is clear and its next-token
+ * log-probabilities with transformers'. Returns the token count (0: no reference file). */
+static int prefill_vs_ref(const char *gp, const char *ref) {
+    FILE *f = fopen(ref, "rb");
+    if (!f) return 0;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *txt = malloc((size_t)n + 1);
+    txt[fread(txt, 1, (size_t)n, f)] = 0;
+    fclose(f);
+    cJSON *r = cJSON_Parse(txt);
+    free(txt);
+    assert_non_null(r);
+    const cJSON *jt = cJSON_GetObjectItem(r, "tokens"), *jl = cJSON_GetObjectItem(r, "last_logits");
+    const cJSON *ja = cJSON_GetObjectItem(r, "argmax"), *jm = cJSON_GetObjectItem(r, "argmax_margin");
+    const cJSON *jp = cJSON_GetObjectItem(r, "next_logprob");
+    int nt = cJSON_GetArraySize(jt), V = cJSON_GetArraySize(jl);
+    int *tok = malloc(sizeof(int) * (size_t)nt);
+    float *want = malloc(sizeof(float) * (size_t)V);
+    for (int i = 0; i < nt; i++) tok[i] = cJSON_GetArrayItem(jt, i)->valueint;
+    for (int i = 0; i < V; i++) want[i] = (float)cJSON_GetArrayItem(jl, i)->valuedouble;
+    eng_model *m = NULL;
+    eng_err err = {{0}};
+    if (eng_model_load(&m, gp, &err)) fail_msg("%s: %s", gp, err.msg);
+    assert_int_equal(m->cfg.vocab_size, V);
+    eng_backend *be = eng_backend_cpu_create(&err);
+    assert_non_null(be);
+    eng_prefill_out out;
+    if (be->prefill(be, m, tok, nt, NULL, &out, &err)) fail_msg("%s: prefill: %s", gp, err.msg);
+    double rel = tu_rel_l2(out.last_logits, want, (size_t)V);
+    const eng_config *c = &m->cfg;
+    printf("%s: %d tokens%s%s, last-logits rel L2 vs transformers (%s) %.2e\n", gp, nt,
+           c->rope_longrope ? (nt > c->rope_original_max_pos ? " (long factors" : " (short factors") : "",
+           c->rope_longrope ? (c->sliding_window && nt > c->sliding_window ? ", sliding window)" : ")") : "",
+           strrchr(ref, '/') + 1, rel);
+    assert_true(rel < 1e-4);
+    for (int i = 0; ja && jm && i < nt && i < cJSON_GetArraySize(ja); i++)
+        if (cJSON_GetArrayItem(jm, i)->valuedouble > 1e-3)
+            assert_int_equal(out.argmax[i], cJSON_GetArrayItem(ja, i)->valueint);
+    for (int i = 0; jp && i + 1 < nt && i < cJSON_GetArraySize(jp); i++)
+        assert_true(fabs(out.next_logprob[i] - cJSON_GetArrayItem(jp, i)->valuedouble) < 1e-3);
+    eng_prefill_out_free(&out);
+    be->destroy(be);
+    eng_model_free(m);
+    free(tok);
+    free(want);
+    cJSON_Delete(r);
+    return nt;
+}
+
 /* The GGUF models prefill to the logits transformers gave for their safetensors (reference.json). */
 static void test_prefill_vs_transformers(void **st) {
     (void)st;
@@ -203,39 +273,43 @@ static void test_prefill_vs_transformers(void **st) {
         char rp[256], gp[256];
         snprintf(rp, sizeof rp, FIX "%s/reference.json", pairs[k][0]);
         snprintf(gp, sizeof gp, "%s/%s", tmpdir, pairs[k][1]);
-        FILE *f = fopen(rp, "rb");
-        if (!f) continue;
-        fseek(f, 0, SEEK_END);
-        long n = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        char *txt = malloc((size_t)n + 1);
-        txt[fread(txt, 1, (size_t)n, f)] = 0;
-        fclose(f);
-        cJSON *r = cJSON_Parse(txt);
-        free(txt);
-        assert_non_null(r);
-        const cJSON *jt = cJSON_GetObjectItem(r, "tokens"), *jl = cJSON_GetObjectItem(r, "last_logits");
-        int nt = cJSON_GetArraySize(jt), V = cJSON_GetArraySize(jl);
-        int *tok = malloc(sizeof(int) * (size_t)nt);
-        float *want = malloc(sizeof(float) * (size_t)V);
-        for (int i = 0; i < nt; i++) tok[i] = cJSON_GetArrayItem(jt, i)->valueint;
-        for (int i = 0; i < V; i++) want[i] = (float)cJSON_GetArrayItem(jl, i)->valuedouble;
-        eng_model *m = NULL;
-        eng_err err = {{0}};
-        if (eng_model_load(&m, gp, &err)) fail_msg("%s: %s", gp, err.msg);
-        eng_backend *be = eng_backend_cpu_create(&err);
-        assert_non_null(be);
-        eng_prefill_out out;
-        if (be->prefill(be, m, tok, nt, NULL, &out, &err)) fail_msg("%s: prefill: %s", gp, err.msg);
-        double rel = tu_rel_l2(out.last_logits, want, (size_t)V);
-        printf("%s: %d tokens, last-logits rel L2 vs transformers %.2e\n", gp, nt, rel);
-        assert_true(rel < 1e-4);
-        eng_prefill_out_free(&out);
-        be->destroy(be);
-        eng_model_free(m);
-        free(tok);
-        free(want);
-        cJSON_Delete(r);
+        prefill_vs_ref(gp, rp);
+    }
+}
+
+/* ------------------------------------------------------------------ phi3 */
+
+/* Every tensor and the longrope fields of the GGUF Phi-3 equal the safetensors ones: the fused
+ * attn_qkv / ffn_up as the same row-slice views, the factor tensors as the rope_scaling lists. */
+static void test_phi3_f32(void **st) { (void)st; need_python(); compare_models(FIX "tiny-phi3", "tiny-phi3.gguf", 0); }
+static void test_phi3_bf16(void **st) {
+    (void)st;
+    need_python();
+    compare_models(FIX "tiny-phi3", "tiny-phi3-bf16.gguf", 0); /* bf16 checkpoint: exact */
+}
+static void test_phi3_q8_0(void **st) {
+    (void)st;
+    need_python();
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/phi3-64", tmpdir);
+    compare_models(dir, "phi3-64-q8_0.gguf", 1.0 / 127 / 2 + 1.0 / 256);
+}
+
+/* The GGUF Phi-3 against transformers: 24 tokens (short factors, inside the window) and 116 tokens
+ * (long factors, beyond the 48-token sliding window), from f32 and bf16 files. */
+static void test_phi3_vs_transformers(void **st) {
+    (void)st;
+    need_python();
+    if (access(FIX "tiny-phi3/reference.json", R_OK) || access(FIX "tiny-phi3/reference_short.json", R_OK)) skip();
+    static const char *files[] = {"tiny-phi3.gguf", "tiny-phi3-bf16.gguf"};
+    for (size_t k = 0; k < 2; k++) {
+        char gp[256];
+        snprintf(gp, sizeof gp, "%s/%s", tmpdir, files[k]);
+        int ns = prefill_vs_ref(gp, FIX "tiny-phi3/reference_short.json");
+        int nl = prefill_vs_ref(gp, FIX "tiny-phi3/reference.json");
+        /* either side of original_context_length 32, and the long one past the window (48) */
+        assert_true(ns >= 2 && ns <= 32);
+        assert_true(nl > 48);
     }
 }
 
@@ -426,6 +500,363 @@ static void test_model_refusals(void **st) {
     if (access(tu_bin(), X_OK) == 0) assert_int_equal(sh("%s info --model %s >/dev/null", tu_bin(), src), 0);
 }
 
+/* ------------------------------------------------------------------ phi3 metadata edits */
+
+/* A GGUF file as editable lists: each KV as its raw serialised bytes (key, type, value) and each
+ * tensor as name, dims, ggml type and data. ge_write writes them back (v3, alignment 32), so a
+ * test can break exactly one thing of a real converted file. */
+typedef struct {
+    char key[96];
+    const unsigned char *raw;
+    size_t n;
+} ge_kv;
+typedef struct {
+    char name[96];
+    int ndim;
+    int64_t ne[4];
+    int type;
+    const unsigned char *data;
+    size_t nbytes;
+} ge_t;
+typedef struct {
+    unsigned char *file;
+    ge_kv kv[64];
+    int nkv;
+    ge_t t[64];
+    int nt;
+    unsigned char *owned[32]; /* replacement KVs and tensor data */
+    int nowned;
+} gedit;
+
+static void ge_load(gedit *e, const char *path) {
+    memset(e, 0, sizeof *e);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    e->file = malloc((size_t)n);
+    assert_int_equal(fread(e->file, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    eng_gguf g;
+    eng_err err = {{0}};
+    if (eng_gguf_parse(&g, e->file, (size_t)n, path, &err)) fail_msg("%s", err.msg);
+    assert_true(g.n_kv <= 64 && g.n_tensors <= 64 && g.n_tensors > 0);
+    /* KVs lie back to back; the last one ends where the first tensor info (its name's length) starts */
+    for (int64_t i = 0; i < g.n_kv; i++) {
+        const unsigned char *a = (const unsigned char *)g.kv[i].key - 8;
+        const unsigned char *b = i + 1 < g.n_kv ? (const unsigned char *)g.kv[i + 1].key - 8
+                                                : (const unsigned char *)g.t[0].name - 8;
+        snprintf(e->kv[i].key, sizeof e->kv[i].key, "%.*s", (int)g.kv[i].key_len, g.kv[i].key);
+        e->kv[i].raw = a;
+        e->kv[i].n = (size_t)(b - a);
+    }
+    e->nkv = (int)g.n_kv;
+    for (int64_t i = 0; i < g.n_tensors; i++) {
+        ge_t *t = &e->t[i];
+        snprintf(t->name, sizeof t->name, "%.*s", (int)g.t[i].name_len, g.t[i].name);
+        t->ndim = g.t[i].ndim;
+        memcpy(t->ne, g.t[i].ne, sizeof t->ne);
+        t->type = g.t[i].type;
+        t->data = g.buf + g.data_off + g.t[i].offset;
+        t->nbytes = (size_t)g.t[i].nbytes;
+    }
+    e->nt = (int)g.n_tensors;
+    eng_gguf_free(&g);
+}
+
+static void ge_free(gedit *e) {
+    free(e->file);
+    for (int i = 0; i < e->nowned; i++) free(e->owned[i]);
+}
+
+static unsigned char *ge_own(gedit *e, size_t n) {
+    assert_true(e->nowned < 32);
+    return e->owned[e->nowned++] = calloc(1, n ? n : 1);
+}
+
+static int ge_kv_idx(const gedit *e, const char *key) {
+    for (int i = 0; i < e->nkv; i++)
+        if (!strcmp(e->kv[i].key, key)) return i;
+    return -1;
+}
+static ge_t *ge_tensor(gedit *e, const char *name) {
+    for (int i = 0; i < e->nt; i++)
+        if (!strcmp(e->t[i].name, name)) return &e->t[i];
+    fail_msg("no tensor %s", name);
+    return NULL;
+}
+
+static void ge_drop_kv(gedit *e, const char *key) {
+    int i = ge_kv_idx(e, key);
+    if (i < 0) fail_msg("no key %s", key);
+    memmove(&e->kv[i], &e->kv[i + 1], (size_t)(e->nkv - i - 1) * sizeof e->kv[0]);
+    e->nkv--;
+}
+static void ge_drop_t(gedit *e, const char *name) {
+    ge_t *t = ge_tensor(e, name);
+    int i = (int)(t - e->t);
+    memmove(&e->t[i], &e->t[i + 1], (size_t)(e->nt - i - 1) * sizeof e->t[0]);
+    e->nt--;
+}
+static ge_t *ge_add_t(gedit *e, const char *name) {
+    assert_true(e->nt < 64);
+    ge_t *t = &e->t[e->nt++];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    return t;
+}
+
+/* Set key to a scalar of GGUF type ty (value bytes vb of vn) or a string (ty 8, vb NUL-terminated). */
+static void ge_set_kv(gedit *e, const char *key, uint32_t ty, const void *vb, size_t vn) {
+    gb b = {0};
+    gb_str(&b, key);
+    gb_u32(&b, ty);
+    if (ty == 8) gb_str(&b, vb);
+    else gb_raw(&b, vb, vn);
+    unsigned char *o = ge_own(e, b.n);
+    memcpy(o, b.p, b.n);
+    free(b.p);
+    int i = ge_kv_idx(e, key);
+    if (i < 0) {
+        assert_true(e->nkv < 64);
+        i = e->nkv++;
+    }
+    snprintf(e->kv[i].key, sizeof e->kv[i].key, "%s", key);
+    e->kv[i].raw = o;
+    e->kv[i].n = b.n;
+}
+static void ge_set_u32(gedit *e, const char *key, uint32_t v) { ge_set_kv(e, key, 4, &v, 4); }
+static void ge_set_i32(gedit *e, const char *key, int32_t v) { ge_set_kv(e, key, 5, &v, 4); }
+static void ge_set_f32(gedit *e, const char *key, float v) { ge_set_kv(e, key, 6, &v, 4); }
+
+static void ge_write(const gedit *e, const char *path) {
+    gb b = {0};
+    gb_raw(&b, "GGUF", 4);
+    gb_u32(&b, 3);
+    gb_u64(&b, (uint64_t)e->nt);
+    gb_u64(&b, (uint64_t)e->nkv);
+    for (int i = 0; i < e->nkv; i++) gb_raw(&b, e->kv[i].raw, e->kv[i].n);
+    uint64_t off = 0;
+    for (int i = 0; i < e->nt; i++) {
+        const ge_t *t = &e->t[i];
+        gb_str(&b, t->name);
+        gb_u32(&b, (uint32_t)t->ndim);
+        for (int d = 0; d < t->ndim; d++) gb_u64(&b, (uint64_t)t->ne[d]);
+        gb_u32(&b, (uint32_t)t->type);
+        gb_u64(&b, off);
+        off += (t->nbytes + 31) / 32 * 32;
+    }
+    gb_pad(&b, 32);
+    for (int i = 0; i < e->nt; i++) {
+        gb_raw(&b, e->t[i].data, e->t[i].nbytes);
+        gb_pad(&b, 32);
+    }
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(b.p, 1, b.n, f), b.n);
+    fclose(f);
+    free(b.p);
+}
+
+/* Write e to a temp file and load it: 0 and the model, or -1 with the message in err. */
+static int ge_try(const gedit *e, eng_model **m, eng_err *err) {
+    char p[256];
+    snprintf(p, sizeof p, "%s/edit.gguf", tmpdir);
+    ge_write(e, p);
+    *m = NULL;
+    memset(err, 0, sizeof *err);
+    return eng_model_load(m, p, err);
+}
+
+static void ge_base(gedit *e) {
+    char p[256];
+    snprintf(p, sizeof p, "%s/tiny-phi3.gguf", tmpdir);
+    ge_load(e, p);
+}
+
+/* Copy of tensor `name`'s data (to modify), installed as its data. */
+static float *ge_copy_f32(gedit *e, const char *name) {
+    ge_t *t = ge_tensor(e, name);
+    unsigned char *o = ge_own(e, t->nbytes);
+    memcpy(o, t->data, t->nbytes);
+    t->data = o;
+    return (float *)o;
+}
+
+enum {
+    F_LONG_SHORT, F_LONG_F16, F_LONG_2D, F_SHORT_ONLY, F_LONG_ONLY, F_SHORT_ZERO, F_LONG_NAN, F_NO_ORIG,
+    F_ORIG_1, F_ATTN_NEG, F_ATTN_STR, F_SWA_STR, F_SWA_NEG, F_QKV_ROWS, F_UP_UNFUSED, F_ROPE_FREQS,
+    F_PARTIAL, F_QKV_BIAS, F_NFAULTS
+};
+
+static void phi3_fault(gedit *e, int k) {
+    switch (k) {
+    case F_LONG_SHORT: { /* 8 factors where rope.dimension_count / 2 = 9 */
+        ge_t *t = ge_tensor(e, "rope_factors_long.weight");
+        t->ne[0] = 8, t->nbytes = 32;
+        break;
+    }
+    case F_LONG_F16: {
+        ge_t *t = ge_tensor(e, "rope_factors_long.weight");
+        t->type = 1, t->nbytes = 18;
+        break;
+    }
+    case F_LONG_2D: {
+        ge_t *t = ge_tensor(e, "rope_factors_long.weight");
+        t->ndim = 2, t->ne[1] = 1;
+        break;
+    }
+    case F_SHORT_ONLY: ge_drop_t(e, "rope_factors_long.weight"); break;
+    case F_LONG_ONLY: ge_drop_t(e, "rope_factors_short.weight"); break;
+    case F_SHORT_ZERO: ge_copy_f32(e, "rope_factors_short.weight")[3] = 0.0f; break;
+    case F_LONG_NAN: ge_copy_f32(e, "rope_factors_long.weight")[8] = NAN; break;
+    case F_NO_ORIG: ge_drop_kv(e, "phi3.rope.scaling.original_context_length"); break;
+    case F_ORIG_1: ge_set_u32(e, "phi3.rope.scaling.original_context_length", 1); break;
+    case F_ATTN_NEG: ge_set_f32(e, "phi3.rope.scaling.attn_factor", -1.5f); break;
+    case F_ATTN_STR: ge_set_kv(e, "phi3.rope.scaling.attn_factor", 8, "1.2", 0); break;
+    case F_SWA_STR: ge_set_kv(e, "phi3.attention.sliding_window", 8, "48", 0); break;
+    case F_SWA_NEG: ge_set_i32(e, "phi3.attention.sliding_window", -48); break;
+    case F_QKV_ROWS: { /* q and k only: Dq + Dkv rows instead of Dq + 2 Dkv */
+        ge_t *t = ge_tensor(e, "blk.1.attn_qkv.weight");
+        t->ne[1] = 72 + 36, t->nbytes = (size_t)t->ne[0] * (size_t)t->ne[1] * 4;
+        break;
+    }
+    case F_UP_UNFUSED: { /* a separate up projection (F rows) where llama.cpp's phi3 fuses gate and up */
+        ge_t *t = ge_tensor(e, "blk.0.ffn_up.weight");
+        t->ne[1] = 92, t->nbytes = (size_t)t->ne[0] * 92 * 4;
+        break;
+    }
+    case F_ROPE_FREQS: {
+        ge_t *t = ge_add_t(e, "rope_freqs.weight"), *l = ge_tensor(e, "rope_factors_long.weight");
+        t->ndim = 1, t->ne[0] = 9, t->type = 0, t->data = l->data, t->nbytes = 36;
+        break;
+    }
+    case F_PARTIAL: ge_set_u32(e, "phi3.rope.dimension_count", 12); break;
+    case F_QKV_BIAS: {
+        ge_t *t = ge_add_t(e, "blk.0.attn_qkv.bias"), *emb = ge_tensor(e, "token_embd.weight");
+        t->ndim = 1, t->ne[0] = 144, t->type = 0, t->data = emb->data, t->nbytes = 144 * 4;
+        break;
+    }
+    default: break;
+    }
+}
+
+/* Malformed phi3 metadata and tensors, one fault at a time on the converted tiny-phi3: each is
+ * refused naming what is wrong, and never crashes (ASan). */
+static void test_phi3_refusals(void **st) {
+    (void)st;
+    need_python();
+    static const char *want[F_NFAULTS][2] = {
+        [F_LONG_SHORT] = {"rope_factors_long.weight has 8 entries", "= 9 expected"},
+        [F_LONG_F16] = {"rope_factors_long.weight is F16", "must be F32"},
+        [F_LONG_2D] = {"rope_factors_long.weight has 2 dims", "1-D list"},
+        [F_SHORT_ONLY] = {"rope_factors_short.weight without rope_factors_long.weight", "both"},
+        [F_LONG_ONLY] = {"rope_factors_long.weight without rope_factors_short.weight", "both"},
+        [F_SHORT_ZERO] = {"rope_factors_short.weight[3] = 0", "positive"},
+        [F_LONG_NAN] = {"rope_factors_long.weight[8]", "positive finite"},
+        [F_NO_ORIG] = {"phi3.rope.scaling.original_context_length", "original context"},
+        [F_ORIG_1] = {"phi3.rope.scaling.original_context_length\" = 1", "out of range"},
+        [F_ATTN_NEG] = {"phi3.rope.scaling.attn_factor = -1.5", "(0, 1e6]"},
+        [F_ATTN_STR] = {"phi3.rope.scaling.attn_factor", "not a number"},
+        [F_SWA_STR] = {"phi3.attention.sliding_window", "not an integer"},
+        [F_SWA_NEG] = {"phi3.attention.sliding_window\" = -48", "out of range"},
+        [F_QKV_ROWS] = {"blk.1.attn_qkv.weight\" has ggml shape [72, 108], expected [72, 144]", "phi3 fuses q, k, v"},
+        [F_UP_UNFUSED] = {"blk.0.ffn_up.weight\" has ggml shape [72, 92], expected [72, 184]", "phi3 fuses gate, up"},
+        [F_ROPE_FREQS] = {"rope_freqs.weight in a phi3 file", "rope_factors_long/short"},
+        [F_PARTIAL] = {"partial rotary", "12"},
+        [F_QKV_BIAS] = {"blk.0.attn_qkv.bias", "no q/k/v biases"},
+    };
+    for (int k = 0; k < F_NFAULTS; k++) {
+        gedit e;
+        ge_base(&e);
+        phi3_fault(&e, k);
+        eng_model *m;
+        eng_err err;
+        int rc = ge_try(&e, &m, &err);
+        if (rc == 0 || !strstr(err.msg, want[k][0]) || !strstr(err.msg, want[k][1]))
+            fail_msg("fault %d: rc %d, message \"%s\"; wanted \"%s\" and \"%s\"", k, rc, err.msg, want[k][0],
+                     want[k][1]);
+        assert_null(m);
+        ge_free(&e);
+    }
+}
+
+/* What llama.cpp's phi3 also accepts: no factor tensors (Phi-3-mini-4k: plain RoPE), no sliding
+ * window (Phi-4), no attn_factor (derived as transformers does), separate attn_q/k/v. */
+static void test_phi3_variants(void **st) {
+    (void)st;
+    need_python();
+    eng_model *full = NULL, *m = NULL;
+    eng_err err = {{0}};
+    char p[256];
+    snprintf(p, sizeof p, "%s/tiny-phi3.gguf", tmpdir);
+    if (eng_model_load(&full, p, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(full->cfg.arch, ENG_ARCH_PHI3);
+    assert_int_equal(full->cfg.rope_longrope, 1);
+    assert_int_equal(full->cfg.rope_original_max_pos, 32);
+    assert_int_equal(full->cfg.sliding_window, 48);
+    assert_string_equal(full->cfg.torch_dtype, "gguf-F32");
+    /* the converter's attn_factor: sqrt(1 + ln(4096 / 32) / ln 32) */
+    assert_true(fabs(full->cfg.rope_attn_factor - sqrt(1 + log(128.0) / log(32.0))) < 1e-6);
+
+    gedit e;
+    ge_base(&e); /* 4k-style: no factors, no attn factor */
+    ge_drop_t(&e, "rope_factors_long.weight");
+    ge_drop_t(&e, "rope_factors_short.weight");
+    ge_drop_kv(&e, "phi3.rope.scaling.attn_factor");
+    if (ge_try(&e, &m, &err)) fail_msg("no factors: %s", err.msg);
+    assert_int_equal(m->cfg.rope_longrope, 0);
+    assert_int_equal(m->cfg.sliding_window, 48);
+    eng_model_free(m);
+    ge_free(&e);
+
+    ge_base(&e); /* Phi-4 style: sliding_window 0 means none; absent the same */
+    ge_set_u32(&e, "phi3.attention.sliding_window", 0);
+    if (ge_try(&e, &m, &err)) fail_msg("window 0: %s", err.msg);
+    assert_int_equal(m->cfg.sliding_window, 0);
+    eng_model_free(m);
+    ge_drop_kv(&e, "phi3.attention.sliding_window");
+    if (ge_try(&e, &m, &err)) fail_msg("no window: %s", err.msg);
+    assert_int_equal(m->cfg.sliding_window, 0);
+    eng_model_free(m);
+    ge_free(&e);
+
+    ge_base(&e); /* no attn_factor: eng_config derives the converter's value */
+    ge_drop_kv(&e, "phi3.rope.scaling.attn_factor");
+    if (ge_try(&e, &m, &err)) fail_msg("no attn_factor: %s", err.msg);
+    assert_true(fabsf(m->cfg.rope_attn_factor - full->cfg.rope_attn_factor) <= 1e-6f);
+    eng_model_free(m);
+    ge_free(&e);
+
+    ge_base(&e); /* attn_qkv split into attn_q / attn_k / attn_v (rows q 72, k 36, v 36 of 72 f32) */
+    for (int l = 0; l < 2; l++) {
+        char nm[64];
+        snprintf(nm, sizeof nm, "blk.%d.attn_qkv.weight", l);
+        ge_t f = *ge_tensor(&e, nm);
+        ge_drop_t(&e, nm);
+        static const char *part[] = {"attn_q", "attn_k", "attn_v"};
+        static const int64_t r0[] = {0, 72, 108}, rows[] = {72, 36, 36};
+        for (int k = 0; k < 3; k++) {
+            snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, part[k]);
+            ge_t *t = ge_add_t(&e, nm);
+            t->ndim = 2, t->ne[0] = 72, t->ne[1] = rows[k], t->type = f.type;
+            t->data = f.data + (size_t)r0[k] * 72 * 4, t->nbytes = (size_t)rows[k] * 72 * 4;
+        }
+    }
+    snprintf(p, sizeof p, "%s/tiny-phi3-split.gguf", tmpdir);
+    ge_write(&e, p);
+    ge_free(&e);
+    if (eng_model_load(&m, p, &err)) fail_msg("split q/k/v: %s", err.msg);
+    assert_int_equal(m->n_params, full->n_params);
+    tensors_equal(&m->layers[1].wk, &full->layers[1].wk, 0, "split wk");
+    tensors_equal(&m->layers[1].wv, &full->layers[1].wv, 0, "split wv");
+    eng_model_free(m);
+    if (access(FIX "tiny-phi3/reference.json", R_OK) == 0)
+        assert_true(prefill_vs_ref(p, FIX "tiny-phi3/reference.json") > 48);
+    eng_model_free(full);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_valid),       cmocka_unit_test(test_parse_refusals),
@@ -433,6 +864,9 @@ int main(void) {
         cmocka_unit_test(test_qwen2_f16),         cmocka_unit_test(test_sharded_bf16),
         cmocka_unit_test(test_llama3_rope),       cmocka_unit_test(test_q8_0),
         cmocka_unit_test(test_prefill_vs_transformers), cmocka_unit_test(test_model_refusals),
+        cmocka_unit_test(test_phi3_f32),          cmocka_unit_test(test_phi3_bf16),
+        cmocka_unit_test(test_phi3_q8_0),         cmocka_unit_test(test_phi3_vs_transformers),
+        cmocka_unit_test(test_phi3_refusals),     cmocka_unit_test(test_phi3_variants),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """gguf_write: a small GGUF (v3) writer in plain python3 (no numpy, no gguf package), for test
 fixtures. It converts the way llama.cpp's convert_hf_to_gguf.py does, for what attnscope reads:
-  --model DIR      a Hugging Face llama / mistral / qwen2 directory (config.json + model.safetensors)
+  --model DIR      a Hugging Face llama / mistral / qwen2 / phi3 directory (config.json + safetensors)
                    -> metadata, tensors renamed (token_embd, blk.N.attn_q, ..., output_norm, output),
                    llama-arch q/k rows permuted for llama.cpp's interleaved RoPE, and Llama-3 rope
-                   scaling written as the rope_freqs tensor;
+                   scaling written as the rope_freqs tensor. Phi-3 as Phi3MiniModel: phi3.* keys
+                   (sliding_window, rope.scaling.original_context_length, rope.scaling.attn_factor),
+                   fused qkv_proj -> blk.N.attn_qkv and gate_up_proj -> blk.N.ffn_up kept fused and
+                   unpermuted (NEOX RoPE), longrope factors as rope_factors_long/short.weight (F32);
   --tokenizer-json FILE  a tokenizer.json -> tokenizer.ggml.* (gpt2 for byte-level BPE with merges;
                    llama (SentencePiece) with tokens, scores, token types for byte-fallback BPE).
   --outtype f32|f16|bf16|q8_0  2-D weights in this type (norms and biases stay f32; default: f32)
@@ -123,7 +126,8 @@ def permute(vals, rows, cols, n_head):
 def model_part(d, outtype, kvs, tensors):
     cfg = json.load(open(os.path.join(d, "config.json")))
     archname = (cfg.get("architectures") or [cfg.get("model_type", "")])[0]
-    arch = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}.get(archname)
+    arch = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
+            "Phi3ForCausalLM": "phi3"}.get(archname)
     if not arch:
         raise SystemExit(f"gguf_write: architecture {archname} not supported")
     C, H = cfg["hidden_size"], cfg["num_attention_heads"]
@@ -139,15 +143,18 @@ def model_part(d, outtype, kvs, tensors):
             kv_bytes(f"{arch}.attention.head_count_kv", T_U32, Hkv),
             kv_bytes(f"{arch}.attention.layer_norm_rms_epsilon", T_F32, cfg.get("rms_norm_eps", 1e-6)),
             kv_bytes(f"{arch}.rope.freq_base", T_F32, cfg.get("rope_theta", 10000.0)),
-            kv_bytes(f"{arch}.vocab_size", T_U32, cfg["vocab_size"]),
             kv_bytes("general.file_type", T_U32, {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}[outtype])]
+    if arch != "phi3":  # Phi3MiniModel.set_gguf_parameters writes no vocab_size (token_embd gives it)
+        kvs.append(kv_bytes(f"{arch}.vocab_size", T_U32, cfg["vocab_size"]))
+    rs = cfg.get("rope_scaling") or {}
+    if arch == "phi3":
+        phi3_part(cfg, rs, hd, kvs, tensors)
     if hd != C // H:
         kvs += [kv_bytes(f"{arch}.attention.key_length", T_U32, hd),
                 kv_bytes(f"{arch}.attention.value_length", T_U32, hd)]
     for k, key in (("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")):
         if isinstance(cfg.get(k), int):
             kvs.append(kv_bytes(key, T_U32, cfg[k]))
-    rs = cfg.get("rope_scaling") or {}
     if rs.get("rope_type", rs.get("type")) == "llama3":  # as convert_hf_to_gguf: per-frequency factors
         base, factor = cfg.get("rope_theta", 10000.0), rs["factor"]
         low, high, old = rs["low_freq_factor"], rs["high_freq_factor"], rs["original_max_position_embeddings"]
@@ -176,7 +183,9 @@ def model_part(d, outtype, kvs, tensors):
            "self_attn.o_proj.weight": "attn_output.weight", "self_attn.q_proj.bias": "attn_q.bias",
            "self_attn.k_proj.bias": "attn_k.bias", "self_attn.v_proj.bias": "attn_v.bias",
            "post_attention_layernorm.weight": "ffn_norm.weight", "mlp.gate_proj.weight": "ffn_gate.weight",
-           "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight"}
+           "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight",
+           # Phi-3's fused projections: llama.cpp keeps them fused (ffn_up = gate rows, then up rows)
+           "self_attn.qkv_proj.weight": "attn_qkv.weight", "mlp.gate_up_proj.weight": "ffn_up.weight"}
     for name in sorted(st):
         dtype, shape, raw = st[name]
         if name in names:
@@ -196,6 +205,30 @@ def model_part(d, outtype, kvs, tensors):
         if t == "q8_0" and shape[-1] % 32:
             t = "f16"
         tensors.append((gname, list(reversed(shape)), GGML[t], encode(vals, t)))
+
+
+def phi3_part(cfg, rs, hd, kvs, tensors):
+    """Phi3MiniModel.set_gguf_parameters / generate_extra_tensors: the original context, the sliding
+    window (0 when none), and for longrope (or its older name su) the attention factor computed from
+    max_position_embeddings / original (as the converter does) and the two factor lists as F32
+    tensors of rope.dimension_count / 2 entries."""
+    ctx = cfg.get("max_position_embeddings", 4096)
+    orig = rs.get("original_max_position_embeddings", cfg.get("original_max_position_embeddings", ctx))
+    kvs.append(kv_bytes("phi3.rope.scaling.original_context_length", T_U32, orig))
+    kvs.append(kv_bytes("phi3.attention.sliding_window", T_U32, cfg.get("sliding_window") or 0))
+    long_f, short_f = rs.get("long_factor"), rs.get("short_factor")
+    if not long_f:
+        return
+    kind = rs.get("rope_type", rs.get("type", "")).lower()
+    if kind not in ("su", "longrope"):
+        raise SystemExit(f"gguf_write: phi3 rope scaling {kind!r} not supported")
+    scale = ctx / orig
+    attn = math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
+    kvs.append(kv_bytes("phi3.rope.scaling.attn_factor", T_F32, attn))
+    if not short_f or len(long_f) != len(short_f) or len(long_f) != hd // 2:
+        raise SystemExit(f"gguf_write: phi3 long/short factors must have {hd // 2} entries each")
+    for name, f in (("rope_factors_long.weight", long_f), ("rope_factors_short.weight", short_f)):
+        tensors.append((name, [len(f)], GGML["f32"], struct.pack(f"<{len(f)}f", *f)))
 
 
 def tokenizer_part(path, kvs, have_arch):
