@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "cli_report.h"
@@ -41,6 +42,29 @@ static void usage(FILE *f) {
             "  --tie TOL            candidates within TOL of the best score tie; the cheapest wins (default 0.001)\n"
             "  --backend B          auto (default), cpu or cuda\n"
             "  -h, --help           this help\n");
+}
+
+/* An output path whose directory is missing (or that is a directory) fails only at the end: check
+ * both outputs before the search, so a long search is not lost and no lone first output is left. */
+static int out_path_ok(const char *flag, const char *path) {
+    if (!*path) {
+        cli_error("search", "%s: empty path", flag);
+        return -1;
+    }
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+    if (slash && slash == path) snprintf(dir, sizeof dir, "/");
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        cli_error("search", "%s %s: directory '%s' does not exist", flag, path, dir);
+        return -1;
+    }
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        cli_error("search", "%s %s: is a directory", flag, path);
+        return -1;
+    }
+    return 0;
 }
 
 static void progress(void *ctx, int done, int total) { cli_report_progress(ctx, "search", done, total); }
@@ -101,6 +125,7 @@ int cmd_search(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    if (out_path_ok("--out", out_path) || (mi_path && out_path_ok("--minference-out", mi_path))) return 1;
     if ((prompt != NULL) + (text != NULL) + (tokens_s != NULL) != 1) {
         cli_error("search", "give exactly one of --prompt FILE, --text STR or --tokens 1,2,3");
         return 2;
