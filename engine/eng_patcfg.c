@@ -812,13 +812,40 @@ int eng_patcfg_load(eng_patcfg *pc, const char *path, eng_err *err) {
     return rc;
 }
 
-int eng_patcfg_check_model(const eng_patcfg *pc, int n_layers, int n_heads, eng_err *err) {
+int eng_patcfg_check_model(eng_patcfg *pc, int n_layers, int n_heads, eng_err *err) {
     for (int l = 0; l < pc->cfg.n_layers; l++)
         for (int h = 0; h < pc->cfg.n_heads; h++)
             if (pc->listed[(size_t)l * pc->cfg.n_heads + h] && (l >= n_layers || h >= n_heads))
                 return eng_err_set(err, "%s: names layer %d head %d but the model has %d layers x %d query heads "
                                         "(a config for another model?)", pc->source[0] ? pc->source : "pattern config",
                                    l, h, n_layers, n_heads);
+    if (pc->cfg.n_layers == n_layers && pc->cfg.n_heads == n_heads) return 0;
+    /* fit to the model: listed heads keep their pattern, score and candidates; the rest get def */
+    eng_patcfg fit;
+    if (eng_patcfg_init(&fit, n_layers, n_heads, &pc->cfg.def, err) ||
+        eng_patcfg_reserve_candidates(&fit, pc->cand_cap, err)) {
+        eng_patcfg_free(&fit);
+        return -1;
+    }
+    for (int l = 0; l < pc->cfg.n_layers && l < n_layers; l++)
+        for (int h = 0; h < pc->cfg.n_heads && h < n_heads; h++) {
+            size_t a = (size_t)l * pc->cfg.n_heads + h, b = (size_t)l * n_heads + h;
+            fit.cfg.heads[b] = pc->cfg.heads[a];
+            fit.score[b] = pc->score[a];
+            fit.listed[b] = pc->listed[a];
+            if (pc->cand_cap > 0) {
+                fit.n_cand[b] = pc->n_cand[a];
+                memcpy(fit.cand + b * (size_t)pc->cand_cap, pc->cand + a * (size_t)pc->cand_cap,
+                       (size_t)pc->cand_cap * sizeof *pc->cand);
+            }
+        }
+    fit.scores_are_int = pc->scores_are_int;
+    memcpy(fit.objective, pc->objective, sizeof fit.objective);
+    fit.n_tokens = pc->n_tokens;
+    fit.reference_len = pc->reference_len;
+    memcpy(fit.source, pc->source, sizeof fit.source);
+    eng_patcfg_free(pc);
+    *pc = fit;
     return 0;
 }
 

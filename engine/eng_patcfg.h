@@ -62,8 +62,8 @@ int eng_patcfg_parse(eng_patcfg *pc, const char *json, size_t len, const char *w
 int eng_patcfg_load(eng_patcfg *pc, const char *path, eng_err *err);
 
 /* A config naming more layers or heads than the model has is refused (wrong model); one naming
- * fewer leaves the rest at the default. */
-int eng_patcfg_check_model(const eng_patcfg *pc, int n_layers, int n_heads, eng_err *err);
+ * fewer is fitted to the model's n_layers x n_heads, the rest at the default (pc is resized). */
+int eng_patcfg_check_model(eng_patcfg *pc, int n_layers, int n_heads, eng_err *err);
 
 /* One native pattern object {"pattern": NAME, PARAM: number, ...} <-> eng_pattern. Keys other
  * than "pattern", the kind's parameters and those listed in extra (NULL-terminated, may be NULL)

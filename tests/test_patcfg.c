@@ -248,12 +248,41 @@ static void test_malformed(void **state) {
     assert_non_null(strstr(err.msg, "/nonexistent/cfg.json"));
 }
 
+/* A config for fewer layers/heads than the model is fitted (listed heads kept, the rest default);
+ * one naming a head the model lacks is refused. */
+static void test_fit_to_model(void **st) {
+    (void)st;
+    const char *js = "[{\"1\": [\"stream_llm\", 16, 64, 7]}]";
+    eng_patcfg pc;
+    eng_err err;
+    if (eng_patcfg_parse(&pc, js, strlen(js), "small", &err)) fail_msg("%s", err.msg);
+    assert_int_equal(eng_patcfg_check_model(&pc, 3, 4, &err), 0);
+    assert_int_equal(pc.cfg.n_layers, 3);
+    assert_int_equal(pc.cfg.n_heads, 4);
+    const eng_pattern *p = eng_pattern_cfg_get(&pc.cfg, 0, 1);
+    assert_int_equal(p->kind, ENG_PAT_ASHAPE);
+    assert_int_equal(p->n_init, 16);
+    assert_int_equal(p->n_local, 64);
+    assert_true(pc.listed[1] && pc.score[1] == 7.0);
+    for (int i = 0; i < 12; i++)
+        if (i != 1) {
+            assert_false(pc.listed[i]);
+            assert_int_equal(pc.cfg.heads[i].kind, pc.cfg.def.kind);
+        }
+    eng_patcfg_free(&pc);
+    if (eng_patcfg_parse(&pc, js, strlen(js), "small", &err)) fail_msg("%s", err.msg);
+    assert_int_equal(eng_patcfg_check_model(&pc, 3, 1, &err), -1); /* head 1 does not exist */
+    assert_non_null(strstr(err.msg, "head 1"));
+    eng_patcfg_free(&pc);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_minference_real_files),
         cmocka_unit_test(test_minference_small),
         cmocka_unit_test(test_native_round_trip),
         cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_fit_to_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
