@@ -3,7 +3,7 @@
  * block offsets that are not multiples of 64, gathered columns, short column groups) vs a direct
  * per-entry reference. Odd N, N < 64, GQA 1/4/8, head dim 64 and 128; outputs poisoned first.
  * Every kernel variant (KRN_ATTN_VARIANTS). Tolerance: rel-L2 of out < 1e-2 (bf16 P and output rounding), |lse - ref| < 2e-3. */
-#include "test_util.h"
+#include "gpu_util.h"
 
 #include <time.h>
 
@@ -12,35 +12,11 @@
 #include "eng_attn.h"
 #include "krn_attn.h"
 
-#define CK(x)                                                                                        \
-    do {                                                                                             \
-        cudaError_t e_ = (x);                                                                        \
-        if (e_ != cudaSuccess) fail_msg("%s:%d: %s: %s", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-    } while (0)
-
-static uint16_t f2bf(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-static float bf2f(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static int have_gpu(void) {
-    int c = 0;
-    return cudaGetDeviceCount(&c) == cudaSuccess && c > 0;
-}
-
 /* Random (n, heads*d) data rounded to bf16: f keeps the rounded floats, b the bf16 bits. */
 static void rand_bf16(float *f, uint16_t *b, size_t cnt, uint64_t *seed, float scale) {
     for (size_t i = 0; i < cnt; i++) {
-        b[i] = f2bf(tu_randf(seed) * scale);
-        f[i] = bf2f(b[i]);
+        b[i] = eng_f32_to_bf16(tu_randf(seed) * scale);
+        f[i] = eng_bf16_to_f32(b[i]);
     }
 }
 
@@ -97,7 +73,7 @@ static void compare(const prob *p, const float *ref, const float *ref_lse, const
     CK(cudaMemcpy(ob, p->dout, nq * 2, cudaMemcpyDeviceToHost));
     CK(cudaMemcpy(lse, p->dlse, (size_t)p->H * p->n * 4, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < nq; i++) {
-        o[i] = bf2f(ob[i]);
+        o[i] = eng_bf16_to_f32(ob[i]);
         if (!isfinite(o[i])) fail_msg("%s: out[%zu] not written / not finite", what, i);
     }
     double rel = tu_rel_l2(o, ref, nq), lerr = 0;

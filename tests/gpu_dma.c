@@ -23,25 +23,6 @@
 #include "krn_attn.h"
 #include "krn_dma.h"
 
-#define CK(x)                                                                                        \
-    do {                                                                                             \
-        cudaError_t e_ = (x);                                                                        \
-        if (e_ != cudaSuccess) fail_msg("%s:%d: %s: %s", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-    } while (0)
-
-static uint16_t f2bf(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-static float bf2f(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 typedef struct {
     int n, H, Hkv, d;
     float *q, *k, *v;       /* host (n, H*d) / (n, Hkv*d), bf16-rounded */
@@ -88,9 +69,9 @@ static void prob_init(prob *p, int n, int H, int Hkv, int d, uint64_t seed, int 
             for (size_t c = 0; c < kvd; c++) vj[c] = tu_randf(&seed) * sc;
         }
     }
-    for (size_t i = 0; i < nq; i++) p->qb[i] = f2bf(p->q[i]), p->q[i] = bf2f(p->qb[i]);
-    for (size_t i = 0; i < nk; i++) p->kb[i] = f2bf(p->k[i]), p->k[i] = bf2f(p->kb[i]);
-    for (size_t i = 0; i < nk; i++) p->vb[i] = f2bf(p->v[i]), p->v[i] = bf2f(p->vb[i]);
+    for (size_t i = 0; i < nq; i++) p->qb[i] = eng_f32_to_bf16(p->q[i]), p->q[i] = eng_bf16_to_f32(p->qb[i]);
+    for (size_t i = 0; i < nk; i++) p->kb[i] = eng_f32_to_bf16(p->k[i]), p->k[i] = eng_bf16_to_f32(p->kb[i]);
+    for (size_t i = 0; i < nk; i++) p->vb[i] = eng_f32_to_bf16(p->v[i]), p->v[i] = eng_bf16_to_f32(p->vb[i]);
     CK(cudaMalloc(&p->dq, nq * 2));
     CK(cudaMalloc(&p->dk, nk * 2));
     CK(cudaMalloc(&p->dv, nk * 2));
@@ -126,7 +107,7 @@ static void fetch(const prob *p, float **out, float **lse) {
     CK(cudaMemcpy(ob, p->dout, nq * 2, cudaMemcpyDeviceToHost));
     CK(cudaMemcpy(*lse, p->dlse, (size_t)p->H * p->n * 4, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < nq; i++) {
-        (*out)[i] = bf2f(ob[i]);
+        (*out)[i] = eng_bf16_to_f32(ob[i]);
         if (!isfinite((*out)[i])) fail_msg("out[%zu] not written / not finite", i);
     }
     for (size_t i = 0; i < (size_t)p->H * p->n; i++)

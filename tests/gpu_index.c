@@ -3,7 +3,7 @@
  * block-sparse indexes must match the CPU exactly; vertical-slash exactly when every line is kept
  * (the merge logic alone), else on >= 97% of row blocks (fp32 score near-ties may flip a top-k pick;
  * the test prints the figure). Fresh random bf16 inputs, odd N, N < 64, GQA 1/4/8, d 64 and 128. */
-#include "test_util.h"
+#include "gpu_util.h"
 
 #include <time.h>
 
@@ -15,29 +15,6 @@
 #include "krn_attn.h"
 #include "krn_index.h"
 
-#define CK(x)                                                                                        \
-    do {                                                                                             \
-        cudaError_t e_ = (x);                                                                        \
-        if (e_ != cudaSuccess) fail_msg("%s:%d: %s: %s", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-    } while (0)
-
-static uint16_t f2bf(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-static float bf2f(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static int have_gpu(void) {
-    int c = 0;
-    return cudaGetDeviceCount(&c) == cudaSuccess && c > 0;
-}
-
 typedef struct {
     int n, H, Hkv, d;
     float *q, *k, *v;
@@ -46,7 +23,7 @@ typedef struct {
 } prob;
 
 static void fill(float *f, uint16_t *b, size_t cnt, uint64_t *seed, float scale) {
-    for (size_t i = 0; i < cnt; i++) b[i] = f2bf(tu_randf(seed) * scale), f[i] = bf2f(b[i]);
+    for (size_t i = 0; i < cnt; i++) b[i] = eng_f32_to_bf16(tu_randf(seed) * scale), f[i] = eng_bf16_to_f32(b[i]);
 }
 
 static void prob_init(prob *p, int n, int H, int Hkv, int d, uint64_t seed) {
@@ -147,7 +124,7 @@ static void check_sparse_attn(prob *p, const eng_head_index *heads, const char *
     CK(cudaMemcpy(ob, p->dout, nq * 2, cudaMemcpyDeviceToHost));
     CK(cudaMemcpy(l, p->dlse, (size_t)H * n * 4, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < nq; i++) {
-        o[i] = bf2f(ob[i]);
+        o[i] = eng_bf16_to_f32(ob[i]);
         if (!isfinite(o[i])) fail_msg("%s: out[%zu] not written", what, i);
     }
     double lerr = 0;
@@ -261,7 +238,7 @@ static void test_bs_long_vs_cpu(void **state) {
             size_t nk = (size_t)n * Hkv * d;
             uint16_t *b = malloc(nk * 2);
             assert_non_null(b);
-            for (size_t i = 0; i < nk; i++) b[i] = f2bf(p.k[i]);
+            for (size_t i = 0; i < nk; i++) b[i] = eng_f32_to_bf16(p.k[i]);
             CK(cudaMemcpy(p.dk, b, nk * 2, cudaMemcpyHostToDevice));
             free(b);
         }

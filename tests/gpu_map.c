@@ -4,7 +4,7 @@
  * indexes (A-shape with its band mask, sink and window off the 64 grid; block-sparse;
  * vertical-slash), whole views, windows, zoomed-in views (w > keys) and NAN for empty tiles. Scores are bit-identical by construction; exp and summation
  * order differ, so: empty tiles at the same places, rel-L2 < 1e-4 and max |diff| <= 1e-4 * max. */
-#include "test_util.h"
+#include "gpu_util.h"
 
 #include <time.h>
 
@@ -14,11 +14,6 @@
 #include "eng_backend.h"
 #include "eng_map.h"
 #include "eng_pattern.h"
-
-static int have_gpu(void) {
-    int c = 0;
-    return cudaGetDeviceCount(&c) == cudaSuccess && c > 0;
-}
 
 static double worst_rel = 0, worst_abs = 0;
 

@@ -1,4 +1,4 @@
-/* gpu_util: shared helpers for the GPU tests (tests/gpu_*.c): GPU detection and an in-memory random
+/* gpu_util: shared helpers for the GPU tests (tests/gpu_*.c): GPU detection, CUDA call checks, and an in-memory random
  * Llama-3-shaped model held in f32 (llama3 RoPE scaling), so prefills can be compared without files. */
 #ifndef GPU_UTIL_H
 #define GPU_UTIL_H
@@ -8,6 +8,13 @@
 #include <cuda_runtime_api.h>
 
 #include "eng_model.h"
+
+/* Check a CUDA runtime call inside a test: fails the test naming the call and the error. */
+#define CK(x)                                                                                        \
+    do {                                                                                             \
+        cudaError_t e_ = (x);                                                                        \
+        if (e_ != cudaSuccess) fail_msg("%s:%d: %s: %s", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+    } while (0)
 
 static inline int have_gpu(void) {
     int c = 0;

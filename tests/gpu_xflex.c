@@ -19,25 +19,6 @@
 #include "krn_index.h"
 #include "krn_xflex.h"
 
-#define CK(x)                                                                                        \
-    do {                                                                                             \
-        cudaError_t e_ = (x);                                                                        \
-        if (e_ != cudaSuccess) fail_msg("%s:%d: %s: %s", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-    } while (0)
-
-static uint16_t f2bf(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-static float bf2f(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 enum { IN_RANDOM, IN_HOT, IN_PERIOD128 };
 
 typedef struct {
@@ -75,7 +56,7 @@ static void prob_init(prob *p, int n, int H, int Hkv, int d, int mode, uint64_t 
     void **dst[3] = {&p->dq, &p->dk, &p->dv};
     for (int a = 0; a < 3; a++) {
         const size_t cnt = a ? nk : nq;
-        for (size_t i = 0; i < cnt; i++) b[i] = f2bf(arrs[a][i]), arrs[a][i] = bf2f(b[i]);
+        for (size_t i = 0; i < cnt; i++) b[i] = eng_f32_to_bf16(arrs[a][i]), arrs[a][i] = eng_bf16_to_f32(b[i]);
         CK(cudaMalloc(dst[a], cnt * 2));
         CK(cudaMemcpy(*dst[a], b, cnt * 2, cudaMemcpyHostToDevice));
     }
@@ -169,7 +150,7 @@ static void check_attn(prob *p, const krn_index_dev *dx, const eng_head_index *h
     CK(cudaMemcpy(ob, p->dout, nq * 2, cudaMemcpyDeviceToHost));
     CK(cudaMemcpy(l, p->dlse, (size_t)H * n * 4, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < nq; i++) {
-        o[i] = bf2f(ob[i]);
+        o[i] = eng_bf16_to_f32(ob[i]);
         if (!isfinite(o[i])) fail_msg("%s: out[%zu] not written", what, i);
     }
     double lerr = 0;
