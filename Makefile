@@ -25,6 +25,10 @@ endif
 endif
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 NVCCFLAGS ?= -O3 -arch=$(CUDA_ARCH) -lineinfo -std=c++17 -Iengine -Ikernels -Xcompiler -Wall
+# The wgmma kernels (kernels/krn_hattn.cu) need the architecture-specific sm_90a target; for other
+# CUDA_ARCH values they compile empty and the mma.sync kernels run instead.
+HATTN_90A   := -gencode=arch=compute_90a,code=sm_90a -DKRN_HOPPER=1
+HATTN_FLAGS := $(if $(filter sm_90,$(CUDA_ARCH)),$(HATTN_90A),-arch=$(CUDA_ARCH))
 
 ENGINE_SRC := $(wildcard engine/*.c)
 VIZ_SRC    := $(wildcard viz/*.c)
@@ -62,6 +66,10 @@ $(BUILD)/obj/%.o: %.c
 $(BUILD)/obj/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/kernels/krn_hattn.o: kernels/krn_hattn.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(filter-out -arch=%,$(NVCCFLAGS)) $(HATTN_FLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/libattnscope.a: $(LIB_OBJ)
 	@rm -f $@

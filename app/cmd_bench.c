@@ -16,7 +16,7 @@
 
 static void usage(FILE *f) {
     fprintf(f, "usage: attnscope bench [--n N,N,...] [--heads H] [--kv-heads K] [--dim D] [--reps R]\n"
-               "                       [--patterns LIST] [--vs V,S] [--bs K] [--ashape I,L] [--variant 0-5]\n"
+               "                       [--patterns LIST] [--vs V,S] [--bs K] [--ashape I,L] [--variant 0-9]\n"
                "                       [--vs-fixed C,D] [--synthetic MODEL] [--json OUT]\n\n"
                "Kernel-level attention benchmark on the GPU (random bf16 Q/K/V, causal): the dense kernel\n"
                "vs each sparse pattern through the index-driven kernel, index building included; medians\n"
@@ -35,10 +35,13 @@ static void usage(FILE *f) {
                "  --vs V,S        vertical-slash budgets (default 1000,6096)\n"
                "  --bs K          block-sparse blocks per row block (default 100)\n"
                "  --ashape I,L    A-shape sinks and window (default 1024,4096)\n"
-               "  --variant V     attention kernel variant, dense and sparse (0: default, FA2 tiling; 1, 2: the\n"
-               "                  first kernel, 64- / 128-query tiles; 3: FA2 tiling, other staging;\n"
-               "                  0 sparse: row blocks in pairs sharing K/V tiles; 4: sparse\n"
-               "                  2-warp row blocks; 5: pairs not sharing; dense in 4, 5 as 0)\n"
+               "  --variant V     attention kernel variant, dense and sparse (0: default = 7 on sm_90 cards\n"
+               "                  built for sm_90a, else 6; 1, 2: the first mma.sync kernel, 64- / 128-query\n"
+               "                  tiles; 3: FA2 tiling, other staging; 4: sparse 2-warp row blocks; 5: sparse\n"
+               "                  pairs not sharing; 6: mma.sync FA2 tiling, sparse row-block pairs sharing\n"
+               "                  K/V tiles; 7, 8, 9: Hopper wgmma kernels: dense 2 warpgroups x 64 rows\n"
+               "                  sharing K/V (2 / 3 stages) / 1 warpgroup per CTA; sparse 1 warpgroup per\n"
+               "                  row block, 2 stages (7, 9) / 3 stages (8))\n"
                "  --vs-fixed C,D  one more row: vertical-slash on a fixed index of the D most local diagonals\n"
                "                  + C columns (30 sinks + random), as PERF.md's MInference figures (1000,6096);\n"
                "                  index time = our dynamic VS(C, D) build on the same inputs\n"
@@ -191,7 +194,7 @@ int cmd_bench(int argc, char **argv) {
         case 'v': vs = optarg; break;
         case 'b': if (cli_parse_int("bench", "--bs", optarg, 1, 1 << 20, &bs)) return 2; break;
         case 'a': ash = optarg; break;
-        case 'V': if (cli_parse_int("bench", "--variant", optarg, 0, 5, &variant)) return 2; break;
+        case 'V': if (cli_parse_int("bench", "--variant", optarg, 0, 9, &variant)) return 2; break;
         case 'j': json = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;

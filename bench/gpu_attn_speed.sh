@@ -12,13 +12,20 @@ B=build-gpu
 NS=${ATTN_NS:-16384,32768,131072}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 t0=$(date +%s)
-tools/gpu_build.sh build $B $B/attnscope $B/tests/gpu_attn $B/tests/gpu_index $B/tests/gpu_prefill >"$OUT/build.log" 2>&1
+tools/gpu_build.sh build $B >"$OUT/build.log" 2>&1
 echo "build rc=$? in $(( $(date +%s) - t0 )) s"; grep -E "error|undefined" "$OUT/build.log" | head -20
 command -v cuobjdump >/dev/null && cuobjdump -sass $B/obj/kernels/krn_attn.o >"$OUT/attn.sass" 2>/dev/null &&
     echo "sass: $(grep -c 'LDL' "$OUT/attn.sass") LDL, $(grep -c 'STL' "$OUT/attn.sass") STL, $(grep -c 'MUFU.EX2' "$OUT/attn.sass") MUFU.EX2 (all kernels)"
+command -v cuobjdump >/dev/null && cuobjdump -sass $B/obj/kernels/krn_hattn.o >"$OUT/hattn.sass" 2>/dev/null &&
+    echo "hattn sass: $(grep -c 'HGMMA' "$OUT/hattn.sass") HGMMA, $(grep -c 'LDL' "$OUT/hattn.sass") LDL, $(grep -c 'WARPSYNC\|BSSY' "$OUT/hattn.sass") WARPSYNC/BSSY"
 t1=$(date +%s)
 timeout ${ATTN_TEST_TIMEOUT:-240} $B/tests/gpu_attn >"$OUT/gpu_attn.log" 2>&1
-echo "gpu_attn rc=$? in $(( $(date +%s) - t1 )) s"
+rc=$?; echo "gpu_attn rc=$rc in $(( $(date +%s) - t1 )) s"
+if [ $rc != 0 ]; then # a probe of the wgmma V-descriptor convention: the same test with LBO/SBO swapped
+    ATTNSCOPE_HATTN_VSWAP=1 timeout ${ATTN_TEST_TIMEOUT:-240} $B/tests/gpu_attn >"$OUT/gpu_attn_vswap.log" 2>&1
+    echo "gpu_attn with ATTNSCOPE_HATTN_VSWAP=1 rc=$?"; grep -E "FAILED|PASSED|v[789] " "$OUT/gpu_attn_vswap.log" | head -12
+    grep -E "v[789] " "$OUT/gpu_attn.log" | head -12
+fi
 grep -E "FAILED|PASSED|rel-L2 [0-9.]+e-0[0-2]" "$OUT/gpu_attn.log" | tail -8
 awk '/rel-L2/ {if ($(NF-3) > m) m = $(NF-3); if ($NF > l) l = $NF} END {print "gpu_attn worst rel-L2", m, "worst lse", l}' "$OUT/gpu_attn.log"
 for v in ${ATTN_VARIANTS:-2 0 3}; do
@@ -29,7 +36,7 @@ for v in ${ATTN_VARIANTS:-2 0 3}; do
 done
 if [ "${ATTN_SDPA:-1}" = 1 ]; then
     t1=$(date +%s)
-    PYTHONUNBUFFERED=1 timeout 180 python3 bench/sdpa.py --n "$NS" --ours "$OUT/bench_v0.json" --json "$OUT/sdpa.json" >"$OUT/sdpa.log" 2>&1
+    PYTHONUNBUFFERED=1 timeout 180 python3 bench/sdpa.py --n "$NS" --ours "$OUT/bench_v${ATTN_SDPA_VARIANT:-0}.json" --json "$OUT/sdpa.json" >"$OUT/sdpa.log" 2>&1
     echo "sdpa rc=$? in $(( $(date +%s) - t1 )) s"
 fi
 for t in ${ATTN_LAST_TESTS:-gpu_index gpu_prefill}; do

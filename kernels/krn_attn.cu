@@ -9,6 +9,7 @@
  * left of the row block). Tests: tests/gpu_attn.c against the CPU references; numbers:
  * bench/RESULTS.md. */
 #include "krn_attn.h"
+#include "krn_hattn.h"
 
 #include "krn_common.cuh"
 
@@ -884,8 +885,12 @@ int check_args(const krn_attn_args *a, eng_err *err) {
 extern "C" int krn_attn_dense(const krn_attn_args *a, int variant, cudaStream_t s, eng_err *err) {
     if (check_args(a, err)) return -1;
     const bool d64 = a->d == 64;
+    if (variant == 0) variant = krn_hattn_available() ? 7 : 6;
     switch (variant) {
-    case 0: return d64 ? launch2<64, 4, 2, 1, MODE_DENSE>(a, nullptr, s, err) : launch2<128, 4, 2, 1, MODE_DENSE>(a, nullptr, s, err);
+    case 6: return d64 ? launch2<64, 4, 2, 1, MODE_DENSE>(a, nullptr, s, err) : launch2<128, 4, 2, 1, MODE_DENSE>(a, nullptr, s, err);
+    case 7:
+    case 8:
+    case 9: return krn_hattn_dense(a, variant - 7, s, err);
     case 1: return d64 ? launch<64, 4, MODE_DENSE>(a, nullptr, s, err) : launch<128, 4, MODE_DENSE>(a, nullptr, s, err);
     case 2: return d64 ? launch<64, 8, MODE_DENSE>(a, nullptr, s, err) : launch<128, 8, MODE_DENSE>(a, nullptr, s, err);
     case 3: return d64 ? launch2<64, 4, 2, 2, MODE_DENSE>(a, nullptr, s, err) : launch2<128, 4, 2, 2, MODE_DENSE>(a, nullptr, s, err);
@@ -904,8 +909,12 @@ extern "C" int krn_attn_sparse_variant(const krn_attn_args *a, const krn_index_d
     if (ix->n != a->n || ix->n_rb != (a->n + 63) / 64)
         return eng_err_set(err, "sparse attention: index built for n = %d, attention has n = %d", ix->n, a->n);
     const bool d64 = a->d == 64;
+    if (variant == 0) variant = krn_hattn_available() ? 7 : 6;
     switch (variant) {
-    case 0: return d64 ? launch_pair<64, 1>(a, ix, s, err) : launch_pair<128, 1>(a, ix, s, err);
+    case 6: return d64 ? launch_pair<64, 1>(a, ix, s, err) : launch_pair<128, 1>(a, ix, s, err);
+    case 7:
+    case 8:
+    case 9: return krn_hattn_sparse(a, ix, variant - 7, s, err);
     case 1:
     case 2: return d64 ? launch<64, 4, MODE_SPARSE>(a, ix, s, err) : launch<128, 4, MODE_SPARSE>(a, ix, s, err);
     case 3: return d64 ? launch2<64, 2, 2, 1, MODE_SPARSE, 1>(a, ix, s, err) : launch2<128, 2, 2, 1, MODE_SPARSE, 1>(a, ix, s, err);

@@ -37,18 +37,20 @@ typedef struct {
 } krn_index_dev;
 
 /* Kernel variants, all the same function, kept so old and new can be timed in one run:
- * 0 = default: FA2 tiling, 32 query rows per warp, single K/V buffers (V_t loads during Q K_t^T,
- *     K_t+1 during P V_t); dense: 128-query tiles, 4 warps; sparse: paired row blocks, one 4-warp
+ * 0 = default: 7 where krn_hattn_available() (an sm_90 card and an sm_90a build), else 6;
+ * 1 = first mma.sync kernel, 64-query tiles, 4 warps (16 rows per warp);
+ * 2 = first kernel, dense: 128-query tiles, 8 warps; sparse: as 1;
+ * 3 = FA2 tiling, dense: K/V double-buffered; sparse: as 6 plus gather indexes prefetched into
+ *     shared memory a tile ahead (measured slower on the H200);
+ * 4 = sparse: 64-query row blocks, 2 warps, 4 CTAs per SM; dense: as 6;
+ * 5 = sparse: the paired CTA without sharing (each pair walks its own list; the control); dense:
+ *     as 6;
+ * 6 = the mma.sync default (m16n8k16, ldmatrix, cp.async): FA2 tiling, 32 query rows per warp,
+ *     single K/V buffers; dense: 128-query tiles, 4 warps; sparse: paired row blocks, one 4-warp
  *     CTA per two consecutive 64-query row blocks, loading the K/V tiles both index lists name
  *     once for both (blocks with the same start; gather tiles when the column lists are equal);
- * 1 = first kernel, 64-query tiles, 4 warps (16 rows per warp);
- * 2 = first kernel, dense: 128-query tiles, 8 warps (the default before); sparse: as 1;
- * 3 = FA2 tiling, dense: K/V double-buffered; sparse: as 0 plus gather indexes prefetched into
- *     shared memory a tile ahead (measured slower on the H200);
- * 4 = sparse: the previous default, 64-query row blocks, 2 warps, 4 CTAs per SM; dense: as 0;
- * 5 = sparse: the paired CTA without sharing (each pair walks its own list; the control); dense:
- *     as 0. */
-#define KRN_ATTN_VARIANTS 6
+ * 7, 8, 9 = the Hopper wgmma kernels (krn_hattn.h) in configurations 0, 1, 2. */
+#define KRN_ATTN_VARIANTS 10
 
 /* Dense causal attention; variant as above (0 unless benchmarking). */
 int krn_attn_dense(const krn_attn_args *a, int variant, cudaStream_t s, eng_err *err);
