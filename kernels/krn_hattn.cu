@@ -330,6 +330,257 @@ hattn_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t v_lbo
 #endif
 }
 
+/* A tile resolved ahead of use: its first key (block tiles) or its slot in the column list (gather
+ * tiles), its key count, and for gather tiles the key indexes of the RPT rows this thread copies, so
+ * that no index read sits between a barrier and the copies it feeds. */
+template <int RPT> struct TileR {
+    int start, count, gather;
+    int key[RPT];
+};
+
+/* One K or V tile (64 keys) into a swizzled shared tile at byte address dst; thread tid copies
+ * 16-byte chunk tid % CH of rows tid / CH + i * (NT / CH); rows past the keys are zero-filled. */
+template <int D, int NT, int RPT>
+__device__ __forceinline__ void load_half(uint32_t dst, const TileR<RPT> &t, const __nv_bfloat16 *src, int stride,
+                                          int n, int tid) {
+    constexpr int CH = D / 8;
+    const int ch = tid % CH;
+#pragma unroll
+    for (int i = 0; i < RPT; i++) {
+        const int r = tid / CH + i * (NT / CH);
+        const int key = t.gather ? t.key[i] : t.start + r;
+        const bool ok = t.gather ? key >= 0 : (r < t.count && key < n);
+        krn_cp_async16(dst + sw128(r, ch), src + (ok ? (size_t)key * stride + ch * 8 : 0), ok ? 16 : 0);
+    }
+}
+
+/* The pipelined kernel (FA3's intra-warpgroup overlap): iteration t issues S_t = Q K_t^T and then
+ * O += P_{t-1} V_{t-1} back to back on the tensor cores, runs the softmax of S_t while the second is in
+ * flight, waits for it, rescales O and packs P_t. V therefore lags K by one tile: each iteration
+ * copies K_{t+1} and V_t (two stages each), a whole iteration ahead of their use. */
+template <int D, int NWG, int MODE>
+__global__ void __launch_bounds__(NWG * 128, NWG == 1 ? 2 : 1)
+hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {
+#if HATTN_BODY
+    constexpr int NT = NWG * 128, CH = D / 8, TB = kBN * D * 2 /* bytes per K or V tile */, QB = 64 * D * 2;
+    constexpr int BM = 64 * NWG, KS = D / 16, RPT = kBN * CH / NT;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const uint32_t s0 = krn_smem_u32(smem_raw);
+    const uint32_t sQ = (s0 + 1023u) & ~1023u; /* [NWG][64][D] */
+    const uint32_t sK = sQ + NWG * QB;         /* [2][64][D] */
+    const uint32_t sV = sK + 2 * TB;           /* [2][64][D] */
+
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+    const int n = a.n;
+    const int n_mb = (n + BM - 1) / BM;
+    const int mb = n_mb - 1 - (int)blockIdx.x; /* heaviest row blocks first */
+    const int h = blockIdx.y, hk = h / (a.H / a.Hkv);
+    const int m0 = mb * BM, r0 = m0 + wg * 64; /* this warpgroup's first row */
+
+    const __nv_bfloat16 *q = reinterpret_cast<const __nv_bfloat16 *>(a.q) + h * D;
+    const __nv_bfloat16 *k = reinterpret_cast<const __nv_bfloat16 *>(a.k) + hk * D;
+    const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
+
+    int n_blocks, n_tiles, n_cols = 0, sink = 0, window = 0;
+    const int *boff = nullptr, *cidx = nullptr;
+    if (MODE == MODE_DENSE) {
+        n_blocks = (min(m0 + BM, n) - 1) / kBN + 1;
+        n_tiles = n_blocks;
+    } else {
+        const size_t hr = (size_t)h * ix.n_rb + mb; /* BM == 64 == the index's row block */
+        n_blocks = ix.block_count[hr];
+        n_cols = ix.column_count[hr];
+        boff = ix.block_offset + hr * ix.max_blocks;
+        cidx = ix.column_index + hr * ix.max_cols;
+        n_tiles = n_blocks + (n_cols + kBN - 1) / kBN;
+        if (ix.band) {
+            sink = ix.band[2 * h];
+            window = ix.band[2 * h + 1];
+        }
+    }
+    auto resolve = [&](int t) {
+        TileR<RPT> r;
+        r.start = 0, r.count = 0, r.gather = 0;
+        if (t >= n_tiles) return r;
+        if (MODE == MODE_DENSE || t < n_blocks) {
+            r.start = MODE == MODE_DENSE ? t * kBN : __ldg(boff + t);
+            r.count = kBN;
+        } else {
+            const int g = (t - n_blocks) * kBN;
+            r.start = g;
+            r.count = min(kBN, n_cols - g);
+            r.gather = 1;
+#pragma unroll
+            for (int i = 0; i < RPT; i++) {
+                const int row = tid / CH + i * (NT / CH);
+                r.key[i] = row < r.count ? __ldg(cidx + g + row) : -1;
+            }
+        }
+        return r;
+    };
+
+    /* Q rows (past n zero-filled) and K_0 as the first copy group. */
+#pragma unroll
+    for (int c = tid; c < BM * CH; c += NT) {
+        const int r = c / CH, ch = c % CH, row = m0 + r;
+        const bool ok = row < n;
+        krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
+                       ok ? 16 : 0);
+    }
+    TileR<RPT> r_t = resolve(0), r_n = resolve(1); /* tile t (V copy now) and t + 1 (K copy now) */
+    if (n_tiles > 0) load_half<D, NT, RPT>(sK, r_t, k, a.kv_stride, n, tid);
+    krn_cp_async_commit();
+
+    float o[D / 2], s[32];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+    uint32_t pa[4][4];
+    bool have_p = false; /* P_{t-1} waits for its P V */
+    float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f; /* m in the scaled exp2 domain */
+    const int row_a = r0 + warp * 16 + (lane >> 2), row_b = row_a + 8;
+    const uint32_t sQw = sQ + wg * QB;
+
+    for (int t = 0; t < n_tiles; t++) {
+        krn_cp_async_wait<0>(); /* K_t and V_{t-1} (this thread's copies) */
+        fence_proxy_async();
+        __syncthreads(); /* everyone's copies; S_{t-1} and P_{t-2} V_{t-2} are done everywhere */
+        if (t + 1 < n_tiles) load_half<D, NT, RPT>(sK + ((t + 1) & 1) * TB, r_n, k, a.kv_stride, n, tid);
+        load_half<D, NT, RPT>(sV + (t & 1) * TB, r_t, v, a.kv_stride, n, tid);
+        krn_cp_async_commit();
+        const int c_start = r_t.start, c_count = r_t.count;
+        const bool gather = r_t.gather;
+        r_t = r_n;
+        r_n = resolve(t + 2);
+
+        const bool active = r0 < n && (gather || c_start <= r0 + 63); /* some row of this warpgroup sees it */
+        if (active || have_p) wgmma_fence();
+        if (active) {
+            const uint32_t kt = sK + (t & 1) * TB;
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++) {
+                const uint32_t off = (kk >> 2) * kPanel + (kk & 3) * 32;
+                wgmma_ss_n64(s, gdesc(sQw + off, 16, 1024), gdesc(kt + off, 16, 1024), kk > 0);
+            }
+            wgmma_commit();
+        }
+        if (have_p) {
+            const uint32_t vt = sV + ((t - 1) & 1) * TB;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) wgmma_pv<D>(o, pa[kk], gdesc(vt + kk * 2048, v_lbo, v_sbo));
+            wgmma_commit();
+        }
+        float al_a = 1.f, al_b = 1.f;
+        if (active) {
+            if (have_p) wgmma_wait<1>();
+            else wgmma_wait<0>();
+            reg_fence(s);
+            /* Masks as in hattn_kernel. */
+            const bool band = !gather && window > 0 && r0 + 63 - c_start >= window && c_start + kBN - 1 >= sink;
+            const bool need_mask = gather ? c_count < kBN : (c_start + kBN - 1 > r0 || band);
+            if (need_mask) {
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int col = j * 8 + (lane & 3) * 2 + (e & 1), row = e < 2 ? row_a : row_b;
+                        const int key = c_start + col;
+                        const bool dead = gather ? col >= c_count
+                                                 : (key > row || (band && key >= sink && row - key >= window));
+                        if (dead) s[j * 4 + e] = -INFINITY;
+                    }
+                }
+            }
+            float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                mx_a = fmaxf(mx_a, fmaxf(s[j * 4 + 0], s[j * 4 + 1]));
+                mx_b = fmaxf(mx_b, fmaxf(s[j * 4 + 2], s[j * 4 + 3]));
+            }
+            mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+            mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+            mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+            mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+            const float mn_a = fmaxf(m_a, mx_a * scale_log2), mn_b = fmaxf(m_b, mx_b * scale_log2);
+            const float use_a = mn_a == -INFINITY ? 0.f : mn_a, use_b = mn_b == -INFINITY ? 0.f : mn_b;
+            al_a = krn_ex2(m_a - use_a);
+            al_b = krn_ex2(m_b - use_b);
+            m_a = mn_a;
+            m_b = mn_b;
+            float sum_a = 0.f, sum_b = 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                s[j * 4 + 0] = krn_ex2(fmaf(s[j * 4 + 0], scale_log2, -use_a));
+                s[j * 4 + 1] = krn_ex2(fmaf(s[j * 4 + 1], scale_log2, -use_a));
+                s[j * 4 + 2] = krn_ex2(fmaf(s[j * 4 + 2], scale_log2, -use_b));
+                s[j * 4 + 3] = krn_ex2(fmaf(s[j * 4 + 3], scale_log2, -use_b));
+                sum_a += s[j * 4 + 0] + s[j * 4 + 1];
+                sum_b += s[j * 4 + 2] + s[j * 4 + 3];
+            }
+            l_a = l_a * al_a + sum_a;
+            l_b = l_b * al_b + sum_b;
+        }
+        if (have_p) {
+            wgmma_wait<0>();
+            reg_fence(o);
+        }
+        if (active) {
+            /* O (now through P_{t-1} V_{t-1}) moves to the new maximum; P_t in the A-register layout. */
+#pragma unroll
+            for (int j = 0; j < D / 8; j++) {
+                o[j * 4 + 0] *= al_a;
+                o[j * 4 + 1] *= al_a;
+                o[j * 4 + 2] *= al_b;
+                o[j * 4 + 3] *= al_b;
+            }
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+                pa[kk][0] = krn_pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+                pa[kk][1] = krn_pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+                pa[kk][2] = krn_pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+                pa[kk][3] = krn_pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+            }
+            reg_fence(o);
+        }
+        have_p = active;
+    }
+    /* The last P V (V_{T-1} was copied in the last iteration). Every thread takes the barrier. */
+    krn_cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    if (have_p) {
+        const uint32_t vt = sV + ((n_tiles - 1) & 1) * TB;
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wgmma_pv<D>(o, pa[kk], gdesc(vt + kk * 2048, v_lbo, v_sbo));
+        wgmma_commit();
+        wgmma_wait<0>();
+        reg_fence(o);
+    }
+
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+    const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
+    __nv_bfloat16 *out = reinterpret_cast<__nv_bfloat16 *>(a.out) + h * D;
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) {
+        const int col = j * 8 + (lane & 3) * 2;
+        if (row_a < n)
+            *reinterpret_cast<uint32_t *>(out + (size_t)row_a * a.out_stride + col) =
+                krn_pack_bf16(o[j * 4 + 0] * inv_a, o[j * 4 + 1] * inv_a);
+        if (row_b < n)
+            *reinterpret_cast<uint32_t *>(out + (size_t)row_b * a.out_stride + col) =
+                krn_pack_bf16(o[j * 4 + 2] * inv_b, o[j * 4 + 3] * inv_b);
+    }
+    if (a.lse && (lane & 3) == 0) {
+        const float ln2 = 0.69314718055994531f;
+        if (row_a < n) a.lse[(size_t)h * n + row_a] = l_a > 0.f ? (m_a + log2f(l_a)) * ln2 : -INFINITY;
+        if (row_b < n) a.lse[(size_t)h * n + row_b] = l_b > 0.f ? (m_b + log2f(l_b)) * ln2 : -INFINITY;
+    }
+#endif
+}
+
 /* The V descriptor's byte offsets (leading: between 64-column panels; stride: between 8-key
  * groups); ATTNSCOPE_HATTN_VSWAP=1 swaps them (a probe for the descriptor convention). */
 void v_offsets(uint32_t *lbo, uint32_t *sbo) {
@@ -363,6 +614,27 @@ int launch(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng
     return 0;
 }
 
+template <int D, int NWG, int MODE>
+int launch_pipe(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
+    constexpr int BM = 64 * NWG;
+    const size_t smem = 1024 + (size_t)NWG * 64 * D * 2 + (size_t)4 * kBN * D * 2;
+    auto kern = hattn_pipe_kernel<D, NWG, MODE>;
+    static bool attr_set = false;
+    if (!attr_set) {
+        CUDA_RET(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        attr_set = true;
+    }
+    const int n_mb = (a->n + BM - 1) / BM;
+    dim3 grid(n_mb, a->H);
+    const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
+    uint32_t lbo, sbo;
+    v_offsets(&lbo, &sbo);
+    krn_index_dev none = {};
+    kern<<<grid, NWG * 128, smem, st>>>(*a, ix ? *ix : none, scale_log2, lbo, sbo);
+    LAUNCH_RET("hattn_pipe_kernel");
+    return 0;
+}
+
 } /* namespace */
 
 extern "C" int krn_hattn_available(void) {
@@ -388,9 +660,9 @@ extern "C" int krn_hattn_dense(const krn_attn_args *a, int cfg, cudaStream_t s, 
         return eng_err_set(err, "attention: the wgmma kernels need an sm_90 card and a build for sm_90a");
     const bool d64 = a->d == 64;
     switch (cfg) {
-    case 0: return d64 ? launch<64, 2, 2, MODE_DENSE>(a, nullptr, s, err) : launch<128, 2, 2, MODE_DENSE>(a, nullptr, s, err);
-    case 1: return d64 ? launch<64, 2, 3, MODE_DENSE>(a, nullptr, s, err) : launch<128, 2, 3, MODE_DENSE>(a, nullptr, s, err);
-    case 2: return d64 ? launch<64, 1, 2, MODE_DENSE>(a, nullptr, s, err) : launch<128, 1, 2, MODE_DENSE>(a, nullptr, s, err);
+    case 0: return d64 ? launch_pipe<64, 2, MODE_DENSE>(a, nullptr, s, err) : launch_pipe<128, 2, MODE_DENSE>(a, nullptr, s, err);
+    case 1: return d64 ? launch<64, 2, 2, MODE_DENSE>(a, nullptr, s, err) : launch<128, 2, 2, MODE_DENSE>(a, nullptr, s, err);
+    case 2: return d64 ? launch_pipe<64, 1, MODE_DENSE>(a, nullptr, s, err) : launch_pipe<128, 1, MODE_DENSE>(a, nullptr, s, err);
     default: return eng_err_set(err, "attention: unknown wgmma dense configuration %d", cfg);
     }
 }
@@ -401,8 +673,8 @@ extern "C" int krn_hattn_sparse(const krn_attn_args *a, const krn_index_dev *ix,
     const bool d64 = a->d == 64;
     switch (cfg) {
     case 0:
-    case 2: return d64 ? launch<64, 1, 2, MODE_SPARSE>(a, ix, s, err) : launch<128, 1, 2, MODE_SPARSE>(a, ix, s, err);
-    case 1: return d64 ? launch<64, 1, 3, MODE_SPARSE>(a, ix, s, err) : launch<128, 1, 3, MODE_SPARSE>(a, ix, s, err);
+    case 2: return d64 ? launch_pipe<64, 1, MODE_SPARSE>(a, ix, s, err) : launch_pipe<128, 1, MODE_SPARSE>(a, ix, s, err);
+    case 1: return d64 ? launch<64, 1, 2, MODE_SPARSE>(a, ix, s, err) : launch<128, 1, 2, MODE_SPARSE>(a, ix, s, err);
     default: return eng_err_set(err, "sparse attention: unknown wgmma configuration %d", cfg);
     }
 }
