@@ -434,8 +434,13 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t 
     float o[D / 2], s[32];
 #pragma unroll
     for (int i = 0; i < D / 2; i++) o[i] = 0.f;
-    uint32_t pa[4][4];
-    bool have_p = false; /* P_{t-1} waits for its P V */
+    uint32_t pa[4][4]; /* P_{t-1}, bf16 pairs; zero before the first tile */
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
+    /* The first iteration's P V reads V stage 1 with P = 0: zero it so that 0 * (stale bits) can't be NaN.
+     * (Ordinary stores; the fence.proxy.async before the loop's first barrier publishes them.) */
+    for (int i = tid; i < TB / 16; i += NT)
+        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sV + TB + i * 16), "r"(0u) : "memory");
     float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f; /* m in the scaled exp2 domain */
     const int row_a = r0 + warp * 16 + (lane >> 2), row_b = row_a + 8;
     const uint32_t sQw = sQ + wg * QB;
@@ -453,27 +458,24 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t 
         r_n = resolve(t + 2);
 
         const bool active = r0 < n && (gather || c_start <= r0 + 63); /* some row of this warpgroup sees it */
-        if (active || have_p) wgmma_fence();
-        if (active) {
-            const uint32_t kt = sK + (t & 1) * TB;
+        /* Straight-line issue (no branch between fence, MMAs, commits and waits: ptxas serialises
+         * wgmma it cannot follow). A warpgroup that has nothing in tile t still runs S_t and
+         * discards it; P_{t-1} is zero after such a tile (and before the first), so its P V adds 0. */
+        const uint32_t kt = sK + (t & 1) * TB, vt = sV + ((t - 1) & 1) * TB;
+        wgmma_fence();
 #pragma unroll
-            for (int kk = 0; kk < KS; kk++) {
-                const uint32_t off = (kk >> 2) * kPanel + (kk & 3) * 32;
-                wgmma_ss_n64(s, gdesc(sQw + off, 16, 1024), gdesc(kt + off, 16, 1024), kk > 0);
-            }
-            wgmma_commit();
+        for (int kk = 0; kk < KS; kk++) {
+            const uint32_t off = (kk >> 2) * kPanel + (kk & 3) * 32;
+            wgmma_ss_n64(s, gdesc(sQw + off, 16, 1024), gdesc(kt + off, 16, 1024), kk > 0);
         }
-        if (have_p) {
-            const uint32_t vt = sV + ((t - 1) & 1) * TB;
+        wgmma_commit();
 #pragma unroll
-            for (int kk = 0; kk < 4; kk++) wgmma_pv<D>(o, pa[kk], gdesc(vt + kk * 2048, v_lbo, v_sbo));
-            wgmma_commit();
-        }
+        for (int kk = 0; kk < 4; kk++) wgmma_pv<D>(o, pa[kk], gdesc(vt + kk * 2048, v_lbo, v_sbo));
+        wgmma_commit();
+        wgmma_wait<1>();
+        reg_fence(s);
         float al_a = 1.f, al_b = 1.f;
         if (active) {
-            if (have_p) wgmma_wait<1>();
-            else wgmma_wait<0>();
-            reg_fence(s);
             /* Masks as in hattn_kernel. */
             const bool band = !gather && window > 0 && r0 + 63 - c_start >= window && c_start + kBN - 1 >= sink;
             const bool need_mask = gather ? c_count < kBN : (c_start + kBN - 1 > r0 || band);
@@ -518,36 +520,34 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t 
             }
             l_a = l_a * al_a + sum_a;
             l_b = l_b * al_b + sum_b;
-        }
-        if (have_p) {
-            wgmma_wait<0>();
-            reg_fence(o);
-        }
-        if (active) {
-            /* O (now through P_{t-1} V_{t-1}) moves to the new maximum; P_t in the A-register layout. */
+        } else {
 #pragma unroll
-            for (int j = 0; j < D / 8; j++) {
-                o[j * 4 + 0] *= al_a;
-                o[j * 4 + 1] *= al_a;
-                o[j * 4 + 2] *= al_b;
-                o[j * 4 + 3] *= al_b;
-            }
-#pragma unroll
-            for (int kk = 0; kk < 4; kk++) {
-                pa[kk][0] = krn_pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-                pa[kk][1] = krn_pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-                pa[kk][2] = krn_pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-                pa[kk][3] = krn_pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-            }
-            reg_fence(o);
+            for (int i = 0; i < 32; i++) s[i] = 0.f;
         }
-        have_p = active;
+        wgmma_wait<0>();
+        reg_fence(o);
+        /* O (now through P_{t-1} V_{t-1}) moves to the new maximum; P_t in the A-register layout. */
+#pragma unroll
+        for (int j = 0; j < D / 8; j++) {
+            o[j * 4 + 0] *= al_a;
+            o[j * 4 + 1] *= al_a;
+            o[j * 4 + 2] *= al_b;
+            o[j * 4 + 3] *= al_b;
+        }
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            pa[kk][0] = krn_pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+            pa[kk][1] = krn_pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+            pa[kk][2] = krn_pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+            pa[kk][3] = krn_pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+        }
+        reg_fence(o);
     }
-    /* The last P V (V_{T-1} was copied in the last iteration). Every thread takes the barrier. */
+    /* The last P V (V_{T-1} was copied in the last iteration; P is zero when T = 0). */
     krn_cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
-    if (have_p) {
+    {
         const uint32_t vt = sV + ((n_tiles - 1) & 1) * TB;
         wgmma_fence();
 #pragma unroll
