@@ -16,8 +16,7 @@ tools/gpu_build.sh build $B >"$OUT/build.log" 2>&1
 echo "build rc=$? in $(( $(date +%s) - t0 )) s"; grep -E "error|undefined" "$OUT/build.log" | head -20
 command -v cuobjdump >/dev/null && cuobjdump -sass $B/obj/kernels/krn_attn.o >"$OUT/attn.sass" 2>/dev/null &&
     echo "sass: $(grep -c 'LDL' "$OUT/attn.sass") LDL, $(grep -c 'STL' "$OUT/attn.sass") STL, $(grep -c 'MUFU.EX2' "$OUT/attn.sass") MUFU.EX2 (all kernels)"
-command -v cuobjdump >/dev/null && cuobjdump -sass $B/obj/kernels/krn_hattn.o >"$OUT/hattn.sass" 2>/dev/null &&
-    echo "hattn sass: $(grep -c 'HGMMA' "$OUT/hattn.sass") HGMMA, $(grep -c 'LDL' "$OUT/hattn.sass") LDL, $(grep -c 'WARPSYNC\|BSSY' "$OUT/hattn.sass") WARPSYNC/BSSY"
+bench/sass_stats.sh $B/obj/kernels/krn_hattn.o
 t1=$(date +%s)
 timeout ${ATTN_TEST_TIMEOUT:-240} $B/tests/gpu_attn >"$OUT/gpu_attn.log" 2>&1
 rc=$?; echo "gpu_attn rc=$rc in $(( $(date +%s) - t1 )) s"
