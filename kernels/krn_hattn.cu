@@ -330,6 +330,142 @@ hattn_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t v_lbo
 #endif
 }
 
+/* Per-thread softmax state of its two rows (row_a, row_b = row_a + 8); m in the scaled exp2 domain. */
+struct Rows {
+    float m_a, m_b, l_a, l_b;
+};
+
+/* Masks, then the online softmax of one 64 x 64 S tile in place (S becomes P, fp32). Masks: keys
+ * after the row (block tiles reaching past the warpgroup's first row r0), the A-shape band
+ * (sink, window), gathered slots past c_count. Accumulator element s[j*4 + e]: row (e < 2 ? row_a :
+ * row_b), column j*8 + (lane & 3)*2 + (e & 1). al_a / al_b: the factors O must be scaled by. */
+__device__ __forceinline__ void softmax_tile(float (&s)[32], Rows &rw, float scale_log2, bool gather, int c_start,
+                                             int c_count, int r0, int row_a, int row_b, int sink, int window,
+                                             int lane, float &al_a, float &al_b) {
+    const bool band = !gather && window > 0 && r0 + 63 - c_start >= window && c_start + kBN - 1 >= sink;
+    const bool need_mask = gather ? c_count < kBN : (c_start + kBN - 1 > r0 || band);
+    if (need_mask) {
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int col = j * 8 + (lane & 3) * 2 + (e & 1), row = e < 2 ? row_a : row_b;
+                const int key = c_start + col;
+                const bool dead =
+                    gather ? col >= c_count : (key > row || (band && key >= sink && row - key >= window));
+                if (dead) s[j * 4 + e] = -INFINITY;
+            }
+        }
+    }
+    float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        mx_a = fmaxf(mx_a, fmaxf(s[j * 4 + 0], s[j * 4 + 1]));
+        mx_b = fmaxf(mx_b, fmaxf(s[j * 4 + 2], s[j * 4 + 3]));
+    }
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+    const float mn_a = fmaxf(rw.m_a, mx_a * scale_log2), mn_b = fmaxf(rw.m_b, mx_b * scale_log2);
+    const float use_a = mn_a == -INFINITY ? 0.f : mn_a, use_b = mn_b == -INFINITY ? 0.f : mn_b;
+    al_a = krn_ex2(rw.m_a - use_a);
+    al_b = krn_ex2(rw.m_b - use_b);
+    rw.m_a = mn_a;
+    rw.m_b = mn_b;
+    float sum_a = 0.f, sum_b = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        s[j * 4 + 0] = krn_ex2(fmaf(s[j * 4 + 0], scale_log2, -use_a));
+        s[j * 4 + 1] = krn_ex2(fmaf(s[j * 4 + 1], scale_log2, -use_a));
+        s[j * 4 + 2] = krn_ex2(fmaf(s[j * 4 + 2], scale_log2, -use_b));
+        s[j * 4 + 3] = krn_ex2(fmaf(s[j * 4 + 3], scale_log2, -use_b));
+        sum_a += s[j * 4 + 0] + s[j * 4 + 1];
+        sum_b += s[j * 4 + 2] + s[j * 4 + 3];
+    }
+    rw.l_a = rw.l_a * al_a + sum_a;
+    rw.l_b = rw.l_b * al_b + sum_b;
+}
+
+/* O *= alpha per row, then P (bf16 pairs) in the A-register layout, which is S's accumulator layout. */
+template <int D>
+__device__ __forceinline__ void rescale_pack(float (&o)[D / 2], uint32_t (&pa)[4][4], const float (&s)[32], float al_a,
+                                             float al_b) {
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) {
+        o[j * 4 + 0] *= al_a;
+        o[j * 4 + 1] *= al_a;
+        o[j * 4 + 2] *= al_b;
+        o[j * 4 + 3] *= al_b;
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+        pa[kk][0] = krn_pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+        pa[kk][1] = krn_pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[kk][2] = krn_pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[kk][3] = krn_pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+}
+
+/* Full row sums over the quad, normalise, store bf16 rows < n and the natural-log LSE. */
+template <int D>
+__device__ __forceinline__ void store_rows(const float (&o)[D / 2], Rows rw, const krn_attn_args &a, int h, int row_a,
+                                           int row_b, int lane) {
+    const int n = a.n;
+    rw.l_a += __shfl_xor_sync(0xffffffffu, rw.l_a, 1);
+    rw.l_a += __shfl_xor_sync(0xffffffffu, rw.l_a, 2);
+    rw.l_b += __shfl_xor_sync(0xffffffffu, rw.l_b, 1);
+    rw.l_b += __shfl_xor_sync(0xffffffffu, rw.l_b, 2);
+    const float inv_a = rw.l_a > 0.f ? 1.f / rw.l_a : 0.f, inv_b = rw.l_b > 0.f ? 1.f / rw.l_b : 0.f;
+    __nv_bfloat16 *out = reinterpret_cast<__nv_bfloat16 *>(a.out) + h * D;
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) {
+        const int col = j * 8 + (lane & 3) * 2;
+        if (row_a < n)
+            *reinterpret_cast<uint32_t *>(out + (size_t)row_a * a.out_stride + col) =
+                krn_pack_bf16(o[j * 4 + 0] * inv_a, o[j * 4 + 1] * inv_a);
+        if (row_b < n)
+            *reinterpret_cast<uint32_t *>(out + (size_t)row_b * a.out_stride + col) =
+                krn_pack_bf16(o[j * 4 + 2] * inv_b, o[j * 4 + 3] * inv_b);
+    }
+    if (a.lse && (lane & 3) == 0) {
+        const float ln2 = 0.69314718055994531f;
+        if (row_a < n) a.lse[(size_t)h * n + row_a] = rw.l_a > 0.f ? (rw.m_a + log2f(rw.l_a)) * ln2 : -INFINITY;
+        if (row_b < n) a.lse[(size_t)h * n + row_b] = rw.l_b > 0.f ? (rw.m_b + log2f(rw.l_b)) * ln2 : -INFINITY;
+    }
+}
+
+/* S = Q K^T (64 x 64, D/16 k-steps) then O += P V (4 k-steps) issued back to back as two commit
+ * groups, and a wait for the first. Straight-line on purpose: ptxas serialises wgmma across branches. */
+template <int D>
+__device__ __forceinline__ void issue_s_pv(float (&s)[32], float (&o)[D / 2], const uint32_t (&pa)[4][4], uint32_t sq,
+                                           uint32_t kt, uint32_t vt, uint32_t v_lbo, uint32_t v_sbo) {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        const uint32_t off = (kk >> 2) * kPanel + (kk & 3) * 32;
+        wgmma_ss_n64(s, gdesc(sq + off, 16, 1024), gdesc(kt + off, 16, 1024), kk > 0);
+    }
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) wgmma_pv<D>(o, pa[kk], gdesc(vt + kk * 2048, v_lbo, v_sbo));
+    wgmma_commit();
+    wgmma_wait<1>();
+    reg_fence(s);
+}
+
+/* The last O += P V of a row block. */
+template <int D>
+__device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)[4][4], uint32_t vt, uint32_t v_lbo,
+                                         uint32_t v_sbo) {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) wgmma_pv<D>(o, pa[kk], gdesc(vt + kk * 2048, v_lbo, v_sbo));
+    wgmma_commit();
+    wgmma_wait<0>();
+    reg_fence(o);
+}
+
 /* A tile resolved ahead of use: its first key (block tiles) or its slot in the column list (gather
  * tiles), its key count, and for gather tiles the key indexes of the RPT rows this thread copies, so
  * that no index read sits between a barrier and the copies it feeds. */
@@ -363,7 +499,7 @@ __global__ void __launch_bounds__(NWG * 128, NWG == 1 ? 2 : 1)
 hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {
 #if HATTN_BODY
     constexpr int NT = NWG * 128, CH = D / 8, TB = kBN * D * 2 /* bytes per K or V tile */, QB = 64 * D * 2;
-    constexpr int BM = 64 * NWG, KS = D / 16, RPT = kBN * CH / NT;
+    constexpr int BM = 64 * NWG, RPT = kBN * CH / NT;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const uint32_t s0 = krn_smem_u32(smem_raw);
     const uint32_t sQ = (s0 + 1023u) & ~1023u; /* [NWG][64][D] */
@@ -441,7 +577,7 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t 
      * (Ordinary stores; the fence.proxy.async before the loop's first barrier publishes them.) */
     for (int i = tid; i < TB / 16; i += NT)
         asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sV + TB + i * 16), "r"(0u) : "memory");
-    float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f; /* m in the scaled exp2 domain */
+    Rows rw = {-INFINITY, -INFINITY, 0.f, 0.f};
     const int row_a = r0 + warp * 16 + (lane >> 2), row_b = row_a + 8;
     const uint32_t sQw = sQ + wg * QB;
 
@@ -462,122 +598,230 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t 
          * wgmma it cannot follow). A warpgroup that has nothing in tile t still runs S_t and
          * discards it; P_{t-1} is zero after such a tile (and before the first), so its P V adds 0. */
         const uint32_t kt = sK + (t & 1) * TB, vt = sV + ((t - 1) & 1) * TB;
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < KS; kk++) {
-            const uint32_t off = (kk >> 2) * kPanel + (kk & 3) * 32;
-            wgmma_ss_n64(s, gdesc(sQw + off, 16, 1024), gdesc(kt + off, 16, 1024), kk > 0);
-        }
-        wgmma_commit();
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) wgmma_pv<D>(o, pa[kk], gdesc(vt + kk * 2048, v_lbo, v_sbo));
-        wgmma_commit();
-        wgmma_wait<1>();
-        reg_fence(s);
+        issue_s_pv<D>(s, o, pa, sQw, kt, vt, v_lbo, v_sbo);
         float al_a = 1.f, al_b = 1.f;
-        if (active) {
-            /* Masks as in hattn_kernel. */
-            const bool band = !gather && window > 0 && r0 + 63 - c_start >= window && c_start + kBN - 1 >= sink;
-            const bool need_mask = gather ? c_count < kBN : (c_start + kBN - 1 > r0 || band);
-            if (need_mask) {
-#pragma unroll
-                for (int j = 0; j < 8; j++) {
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int col = j * 8 + (lane & 3) * 2 + (e & 1), row = e < 2 ? row_a : row_b;
-                        const int key = c_start + col;
-                        const bool dead = gather ? col >= c_count
-                                                 : (key > row || (band && key >= sink && row - key >= window));
-                        if (dead) s[j * 4 + e] = -INFINITY;
-                    }
-                }
-            }
-            float mx_a = -INFINITY, mx_b = -INFINITY;
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                mx_a = fmaxf(mx_a, fmaxf(s[j * 4 + 0], s[j * 4 + 1]));
-                mx_b = fmaxf(mx_b, fmaxf(s[j * 4 + 2], s[j * 4 + 3]));
-            }
-            mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-            mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-            mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-            mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-            const float mn_a = fmaxf(m_a, mx_a * scale_log2), mn_b = fmaxf(m_b, mx_b * scale_log2);
-            const float use_a = mn_a == -INFINITY ? 0.f : mn_a, use_b = mn_b == -INFINITY ? 0.f : mn_b;
-            al_a = krn_ex2(m_a - use_a);
-            al_b = krn_ex2(m_b - use_b);
-            m_a = mn_a;
-            m_b = mn_b;
-            float sum_a = 0.f, sum_b = 0.f;
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                s[j * 4 + 0] = krn_ex2(fmaf(s[j * 4 + 0], scale_log2, -use_a));
-                s[j * 4 + 1] = krn_ex2(fmaf(s[j * 4 + 1], scale_log2, -use_a));
-                s[j * 4 + 2] = krn_ex2(fmaf(s[j * 4 + 2], scale_log2, -use_b));
-                s[j * 4 + 3] = krn_ex2(fmaf(s[j * 4 + 3], scale_log2, -use_b));
-                sum_a += s[j * 4 + 0] + s[j * 4 + 1];
-                sum_b += s[j * 4 + 2] + s[j * 4 + 3];
-            }
-            l_a = l_a * al_a + sum_a;
-            l_b = l_b * al_b + sum_b;
-        } else {
+        if (active)
+            softmax_tile(s, rw, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window, lane, al_a, al_b);
+        else
 #pragma unroll
             for (int i = 0; i < 32; i++) s[i] = 0.f;
-        }
         wgmma_wait<0>();
         reg_fence(o);
-        /* O (now through P_{t-1} V_{t-1}) moves to the new maximum; P_t in the A-register layout. */
-#pragma unroll
-        for (int j = 0; j < D / 8; j++) {
-            o[j * 4 + 0] *= al_a;
-            o[j * 4 + 1] *= al_a;
-            o[j * 4 + 2] *= al_b;
-            o[j * 4 + 3] *= al_b;
-        }
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            pa[kk][0] = krn_pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-            pa[kk][1] = krn_pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-            pa[kk][2] = krn_pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-            pa[kk][3] = krn_pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-        }
+        rescale_pack<D>(o, pa, s, al_a, al_b);
         reg_fence(o);
     }
     /* The last P V (V_{T-1} was copied in the last iteration; P is zero when T = 0). */
     krn_cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
-    {
-        const uint32_t vt = sV + ((n_tiles - 1) & 1) * TB;
-        wgmma_fence();
+    issue_pv<D>(o, pa, sV + ((n_tiles - 1) & 1) * TB, v_lbo, v_sbo);
+    store_rows<D>(o, rw, a, h, row_a, row_b, lane);
+#endif
+}
+
+
+/* Tile codes in the paired kernel's step lists: a block tile is its first key (>= 0), gather tile g
+ * of a warpgroup's column list is -(g + 1); kNone: no tile for this warpgroup in this step; kShared
+ * (second list only): both warpgroups compute the first list's tile, copied once. */
+constexpr int kNone = -0x7fffffff - 1, kShared = kNone + 1;
+
+__device__ __forceinline__ bool sorted_contains(const int *l, int cnt, int x) {
+    int lo = 0, hi = cnt;
+    while (lo < hi) {
+        const int mid = (lo + hi) >> 1;
+        if (l[mid] < x) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < cnt && l[lo] == x;
+}
+
+/* Sparse attention for two consecutive index row blocks per CTA (warpgroup w: row block 2p + w),
+ * sharing what their lists share. At the start the CTA copies both block lists and column lists
+ * into shared memory and builds one step list: first the key blocks both lists name (same first
+ * key) and, when the column lists are equal, their gather tiles, each copied once (half the rows
+ * by each warpgroup) and computed by both; then each warpgroup's own tiles, side by side in two
+ * shared-memory slots (a warpgroup with fewer own tiles runs its last steps on a stale slot and
+ * discards them). Everything else is hattn_pipe_kernel's loop. K/V shared memory is zeroed first
+ * so that a stale slot is finite. Shared memory: Q [2][64][D], K and V [2 stages][2 slots][64][D],
+ * then int lists (host: pair_smem). */
+template <int D>
+__global__ void __launch_bounds__(256, 1)
+hattn_pair_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {
+#if HATTN_BODY
+    constexpr int CH = D / 8, TB = kBN * D * 2, QB = 64 * D * 2, RP = 128 / CH /* rows per copy pass */;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const uint32_t s0 = krn_smem_u32(smem_raw);
+    const uint32_t sQ = (s0 + 1023u) & ~1023u;
+    const uint32_t sK = sQ + 2 * QB, sV = sK + 4 * TB;
+    const int mbk = ix.max_blocks, mcl = ix.max_cols, msteps = 2 * mbk + 2 * ((mcl + kBN - 1) / kBN) + 2;
+    int *lA = reinterpret_cast<int *>(smem_raw + (sV + 4 * TB - s0)), *lB = lA + mbk;
+    int *cA = lB + mbk, *cB = cA + mcl;
+    int *fA = cB + mcl, *fB = fA + mbk; /* membership of each block in the other list */
+    int *st0 = fB + mbk, *st1 = st0 + msteps;
+    __shared__ int n_steps_s;
+
+    const int tid = threadIdx.x, wg = tid >> 7, t128 = tid & 127, warp = (tid >> 5) & 3, lane = tid & 31;
+    const int n = a.n, n_rb = ix.n_rb;
+    const int pb = (n_rb + 1) / 2 - 1 - (int)blockIdx.x; /* heaviest pairs first */
+    const int h = blockIdx.y, hk = h / (a.H / a.Hkv);
+    const int rb0 = 2 * pb, r0 = (rb0 + wg) * 64;
+    const bool has1 = rb0 + 1 < n_rb;
+    const size_t hr0 = (size_t)h * n_rb + rb0;
+    const int na = ix.block_count[hr0], nc0 = ix.column_count[hr0];
+    const int nb = has1 ? ix.block_count[hr0 + 1] : 0, nc1 = has1 ? ix.column_count[hr0 + 1] : 0;
+    const int sink = ix.band ? ix.band[2 * h] : 0, window = ix.band ? ix.band[2 * h + 1] : 0;
+
+    const __nv_bfloat16 *q = reinterpret_cast<const __nv_bfloat16 *>(a.q) + h * D;
+    const __nv_bfloat16 *k = reinterpret_cast<const __nv_bfloat16 *>(a.k) + hk * D;
+    const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
+
+    /* 1. Lists into shared memory; K/V tiles zeroed. */
+    for (int i = tid; i < na; i += 256) lA[i] = ix.block_offset[hr0 * mbk + i];
+    for (int i = tid; i < nb; i += 256) lB[i] = ix.block_offset[(hr0 + 1) * mbk + i];
+    for (int i = tid; i < nc0; i += 256) cA[i] = ix.column_index[hr0 * mcl + i];
+    for (int i = tid; i < nc1; i += 256) cB[i] = ix.column_index[(hr0 + 1) * mcl + i];
+    for (int i = tid; i < 8 * TB / 16; i += 256)
+        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sK + i * 16), "r"(0u) : "memory");
+    __syncthreads();
+    /* 2. Which blocks both lists name (both sorted ascending), and whether the column lists are equal. */
+    for (int i = tid; i < na; i += 256) fA[i] = sorted_contains(lB, nb, lA[i]);
+    for (int i = tid; i < nb; i += 256) fB[i] = sorted_contains(lA, na, lB[i]);
+    int eq = nc0 == nc1;
+    for (int i = tid; eq && i < nc0; i += 256) eq = cA[i] == cB[i];
+    const bool cols_shared = __syncthreads_and(eq) && nc0 > 0;
+    /* 3. The step list, by warp 0 (ballot compaction keeps list order). */
+    if (tid < 32) {
+        const unsigned lt = (1u << lane) - 1u;
+        int ns = 0;
+        for (int b = 0; b < na; b += 32) {
+            const int i = b + lane;
+            const bool p = i < na && fA[i];
+            const unsigned m = __ballot_sync(0xffffffffu, p);
+            if (p) st0[ns + __popc(m & lt)] = lA[i], st1[ns + __popc(m & lt)] = kShared;
+            ns += __popc(m);
+        }
+        const int g0 = (nc0 + kBN - 1) / kBN, g1 = (nc1 + kBN - 1) / kBN;
+        if (cols_shared) {
+            for (int g = lane; g < g0; g += 32) st0[ns + g] = -(g + 1), st1[ns + g] = kShared;
+            ns += g0;
+        }
+        int ea = 0, eb = 0; /* own tiles of each warpgroup, side by side from step ns */
+        for (int b = 0; b < na; b += 32) {
+            const int i = b + lane;
+            const bool p = i < na && !fA[i];
+            const unsigned m = __ballot_sync(0xffffffffu, p);
+            if (p) st0[ns + ea + __popc(m & lt)] = lA[i];
+            ea += __popc(m);
+        }
+        for (int b = 0; b < nb; b += 32) {
+            const int i = b + lane;
+            const bool p = i < nb && !fB[i];
+            const unsigned m = __ballot_sync(0xffffffffu, p);
+            if (p) st1[ns + eb + __popc(m & lt)] = lB[i];
+            eb += __popc(m);
+        }
+        if (!cols_shared) {
+            for (int g = lane; g < g0; g += 32) st0[ns + ea + g] = -(g + 1);
+            for (int g = lane; g < g1; g += 32) st1[ns + eb + g] = -(g + 1);
+            ea += g0;
+            eb += g1;
+        }
+        const int e = max(ea, eb);
+        for (int i = ea + lane; i < e; i += 32) st0[ns + i] = kNone;
+        for (int i = eb + lane; i < e; i += 32) st1[ns + i] = kNone;
+        if (lane == 0) n_steps_s = ns + e;
+    }
+    __syncthreads();
+    const int n_steps = n_steps_s;
+
+    /* Copies of step t's K or V tiles into a stage (slot w at base + w * TB). Shared steps: each
+     * warpgroup copies 32 of the 64 rows into slot 0; own steps: each its own tile into its slot. */
+    auto copy_step = [&](int t, uint32_t base, const __nv_bfloat16 *src) {
+        const int c0 = st0[t], c1 = st1[t];
+        const bool shared = c1 == kShared;
+        const int code = shared || wg == 0 ? c0 : c1;
+        if (code == kNone) return;
+        const int *cols = shared || wg == 0 ? cA : cB;
+        const int nc = shared || wg == 0 ? nc0 : nc1;
+        const uint32_t dst = base + (shared ? 0 : wg * TB);
+        const int ch = t128 % CH, rbase = t128 / CH + (shared ? 32 * wg : 0), passes = shared ? 32 / RP : 64 / RP;
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) wgmma_pv<D>(o, pa[kk], gdesc(vt + kk * 2048, v_lbo, v_sbo));
-        wgmma_commit();
+        for (int i = 0; i < 64 / RP; i++) {
+            if (i < passes) {
+                const int r = rbase + i * RP;
+                int key;
+                bool ok;
+                if (code >= 0) {
+                    key = code + r;
+                    ok = key < n;
+                } else {
+                    const int idx = (-code - 1) * kBN + r;
+                    ok = idx < nc;
+                    key = ok ? cols[idx] : 0;
+                }
+                krn_cp_async16(dst + sw128(r, ch), src + (ok ? (size_t)key * a.kv_stride + ch * 8 : 0), ok ? 16 : 0);
+            }
+        }
+    };
+
+    /* Q (both row blocks) and step 0's K tiles. */
+#pragma unroll
+    for (int c = tid; c < 128 * CH; c += 256) {
+        const int r = c / CH, ch = c % CH, row = rb0 * 64 + r;
+        const bool ok = row < n;
+        krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
+                       ok ? 16 : 0);
+    }
+    if (n_steps > 0) copy_step(0, sK, k);
+    krn_cp_async_commit();
+
+    float o[D / 2], s[32];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+    uint32_t pa[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
+    Rows rw = {-INFINITY, -INFINITY, 0.f, 0.f};
+    const int row_a = r0 + warp * 16 + (lane >> 2), row_b = row_a + 8;
+    const uint32_t sQw = sQ + wg * QB;
+    int prev_slot = 0;
+
+    for (int t = 0; t < n_steps; t++) {
+        krn_cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        if (t + 1 < n_steps) copy_step(t + 1, sK + ((t + 1) & 1) * 2 * TB, k);
+        copy_step(t, sV + (t & 1) * 2 * TB, v);
+        krn_cp_async_commit();
+
+        const int c0 = st0[t], c1 = st1[t];
+        const bool shared = c1 == kShared;
+        const int code = shared || wg == 0 ? c0 : c1;
+        const int slot = shared ? 0 : wg;
+        const bool gather = code < 0 && code != kNone;
+        const int nc = shared || wg == 0 ? nc0 : nc1;
+        const int c_start = code >= 0 ? code : 0;
+        const int c_count = gather ? min(kBN, nc - (-code - 1) * kBN) : kBN;
+        const bool active = code != kNone && r0 < n && (gather || c_start <= r0 + 63);
+        issue_s_pv<D>(s, o, pa, sQw, sK + (t & 1) * 2 * TB + slot * TB, sV + ((t - 1) & 1) * 2 * TB + prev_slot * TB,
+                      v_lbo, v_sbo);
+        prev_slot = slot;
+        float al_a = 1.f, al_b = 1.f;
+        if (active)
+            softmax_tile(s, rw, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window, lane, al_a, al_b);
+        else
+#pragma unroll
+            for (int i = 0; i < 32; i++) s[i] = 0.f;
         wgmma_wait<0>();
         reg_fence(o);
+        rescale_pack<D>(o, pa, s, al_a, al_b);
+        reg_fence(o);
     }
-
-    l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
-    l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
-    l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
-    l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
-    const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
-    __nv_bfloat16 *out = reinterpret_cast<__nv_bfloat16 *>(a.out) + h * D;
-#pragma unroll
-    for (int j = 0; j < D / 8; j++) {
-        const int col = j * 8 + (lane & 3) * 2;
-        if (row_a < n)
-            *reinterpret_cast<uint32_t *>(out + (size_t)row_a * a.out_stride + col) =
-                krn_pack_bf16(o[j * 4 + 0] * inv_a, o[j * 4 + 1] * inv_a);
-        if (row_b < n)
-            *reinterpret_cast<uint32_t *>(out + (size_t)row_b * a.out_stride + col) =
-                krn_pack_bf16(o[j * 4 + 2] * inv_b, o[j * 4 + 3] * inv_b);
-    }
-    if (a.lse && (lane & 3) == 0) {
-        const float ln2 = 0.69314718055994531f;
-        if (row_a < n) a.lse[(size_t)h * n + row_a] = l_a > 0.f ? (m_a + log2f(l_a)) * ln2 : -INFINITY;
-        if (row_b < n) a.lse[(size_t)h * n + row_b] = l_b > 0.f ? (m_b + log2f(l_b)) * ln2 : -INFINITY;
-    }
+    krn_cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    issue_pv<D>(o, pa, sV + ((n_steps - 1) & 1) * 2 * TB + prev_slot * TB, v_lbo, v_sbo);
+    store_rows<D>(o, rw, a, h, row_a, row_b, lane);
 #endif
 }
 
@@ -635,6 +879,26 @@ int launch_pipe(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st
     return 0;
 }
 
+
+/* Shared memory of hattn_pair_kernel for an index's capacities (bytes). */
+size_t pair_smem(int D, const krn_index_dev *ix) {
+    const size_t mb = ix->max_blocks, mc = ix->max_cols, ms = 2 * mb + 2 * ((mc + kBN - 1) / kBN) + 2;
+    return 1024 + 2 * (size_t)64 * D * 2 + 8 * (size_t)kBN * D * 2 + 4 * (4 * mb + 2 * mc + 2 * ms);
+}
+
+template <int D> int launch_pair(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
+    const size_t smem = pair_smem(D, ix);
+    auto kern = hattn_pair_kernel<D>;
+    CUDA_RET(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dim3 grid((ix->n_rb + 1) / 2, a->H);
+    const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
+    uint32_t lbo, sbo;
+    v_offsets(&lbo, &sbo);
+    kern<<<grid, 256, smem, st>>>(*a, *ix, scale_log2, lbo, sbo);
+    LAUNCH_RET("hattn_pair_kernel");
+    return 0;
+}
+
 } /* namespace */
 
 extern "C" int krn_hattn_available(void) {
@@ -671,10 +935,14 @@ extern "C" int krn_hattn_sparse(const krn_attn_args *a, const krn_index_dev *ix,
     if (!krn_hattn_available())
         return eng_err_set(err, "sparse attention: the wgmma kernels need an sm_90 card and a build for sm_90a");
     const bool d64 = a->d == 64;
+    int dev = 0, max_smem = 0;
+    CUDA_RET(cudaGetDevice(&dev));
+    CUDA_RET(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    if (cfg == 0 && pair_smem(a->d, ix) + 1024 /* static */ > (size_t)max_smem) cfg = 1; /* lists too long to pair */
     switch (cfg) {
-    case 0:
-    case 2: return d64 ? launch_pipe<64, 1, MODE_SPARSE>(a, ix, s, err) : launch_pipe<128, 1, MODE_SPARSE>(a, ix, s, err);
-    case 1: return d64 ? launch<64, 1, 2, MODE_SPARSE>(a, ix, s, err) : launch<128, 1, 2, MODE_SPARSE>(a, ix, s, err);
+    case 0: return d64 ? launch_pair<64>(a, ix, s, err) : launch_pair<128>(a, ix, s, err);
+    case 1: return d64 ? launch_pipe<64, 1, MODE_SPARSE>(a, ix, s, err) : launch_pipe<128, 1, MODE_SPARSE>(a, ix, s, err);
+    case 2: return d64 ? launch<64, 1, 2, MODE_SPARSE>(a, ix, s, err) : launch<128, 1, 2, MODE_SPARSE>(a, ix, s, err);
     default: return eng_err_set(err, "sparse attention: unknown wgmma configuration %d", cfg);
     }
 }

@@ -14,9 +14,12 @@ extern "C" {
 /* 1 when this build carries sm_90a code and the current device is compute capability 9.0. */
 int krn_hattn_available(void);
 
-/* cfg picks the tiling: 0 = default; dense 1 = 2 warpgroups sharing 3-stage K/V tiles, 2 = one
- * warpgroup per CTA (64 rows, 2 CTAs per SM); sparse 1 = 3 stages, 1 CTA per SM. Shapes and
- * semantics: krn_attn.h. */
+/* cfg picks the kernel. Dense: 0 = pipelined (S_t and P_{t-1} V_{t-1} back to back, softmax
+ * overlapping the second), 2 warpgroups x 64 rows sharing each K/V tile; 1 = the first wgmma loop
+ * (S, softmax, P V in turn), same tiling; 2 = pipelined, 1 warpgroup per CTA. Sparse: 0 = pipelined,
+ * two consecutive row blocks per CTA copying the tiles their lists share once (falls back to 1 when
+ * the index's capacities need more shared memory than the card has); 1 = pipelined, 1 warpgroup per
+ * row block; 2 = the first wgmma loop, 1 warpgroup per row block. Shapes and semantics: krn_attn.h. */
 int krn_hattn_dense(const krn_attn_args *a, int cfg, cudaStream_t s, eng_err *err);
 int krn_hattn_sparse(const krn_attn_args *a, const krn_index_dev *ix, int cfg, cudaStream_t s, eng_err *err);
 
