@@ -49,8 +49,8 @@ typedef struct {
  *     single K/V buffers; dense: 128-query tiles, 4 warps; sparse: paired row blocks, one 4-warp
  *     CTA per two consecutive 64-query row blocks, loading the K/V tiles both index lists name
  *     once for both (blocks with the same start; gather tiles when the column lists are equal);
- * 7, 8, 9 = the Hopper wgmma kernels (krn_hattn.h) in configurations 0, 1, 2 (dense 7: pipelined,
- *     2 warpgroups sharing K/V; sparse 7: pipelined, row-block pairs sharing tiles). */
+ * 7, 8, 9 = the Hopper wgmma kernels (krn_hattn.h) in configurations 0, 1, 2 (7: pipelined, Q in
+ *     registers; dense 2 warpgroups sharing K/V, sparse 1 warpgroup per row block). */
 #define KRN_ATTN_VARIANTS 10
 
 /* Dense causal attention; variant as above (0 unless benchmarking). */

@@ -92,6 +92,16 @@ static __device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const uint3
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
+/* D (64 x 64 f32) (+)= A (64 x 16 bf16 in registers) * B (64 x 16, K-major smem desc). */
+static __device__ __forceinline__ void wgmma_rs_n64_k(float (&d)[32], const uint32_t (&a)[4], uint64_t db, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+                 "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+}
+
 #endif
 
 template <int D> __device__ __forceinline__ void wgmma_pv(float (&o)[D / 2], const uint32_t (&a)[4], uint64_t db) {
@@ -436,15 +446,22 @@ __device__ __forceinline__ void store_rows(const float (&o)[D / 2], Rows rw, con
 }
 
 /* S = Q K^T (64 x 64, D/16 k-steps) then O += P V (4 k-steps) issued back to back as two commit
- * groups, and a wait for the first. Straight-line on purpose: ptxas serialises wgmma across branches. */
-template <int D>
-__device__ __forceinline__ void issue_s_pv(float (&s)[32], float (&o)[D / 2], const uint32_t (&pa)[4][4], uint32_t sq,
-                                           uint32_t kt, uint32_t vt, uint32_t v_lbo, uint32_t v_sbo) {
+ * groups, and a wait for the first. Q from registers (QR: qf, loaded once; saves the shared-memory
+ * bandwidth of re-reading Q for every tile) or from shared memory (sq). Straight-line on purpose:
+ * ptxas serialises wgmma across branches. */
+template <int D, bool QR>
+__device__ __forceinline__ void issue_s_pv(float (&s)[32], float (&o)[D / 2], const uint32_t (&pa)[4][4],
+                                           const uint32_t (&qf)[D / 16][4], uint32_t sq, uint32_t kt, uint32_t vt,
+                                           uint32_t v_lbo, uint32_t v_sbo) {
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
         const uint32_t off = (kk >> 2) * kPanel + (kk & 3) * 32;
-        wgmma_ss_n64(s, gdesc(sq + off, 16, 1024), gdesc(kt + off, 16, 1024), kk > 0);
+#if HATTN_BODY
+        if constexpr (QR) wgmma_rs_n64_k(s, qf[kk], gdesc(kt + off, 16, 1024), kk > 0);
+        else
+#endif
+            wgmma_ss_n64(s, gdesc(sq + off, 16, 1024), gdesc(kt + off, 16, 1024), kk > 0);
     }
     wgmma_commit();
 #pragma unroll
@@ -452,6 +469,14 @@ __device__ __forceinline__ void issue_s_pv(float (&s)[32], float (&o)[D / 2], co
     wgmma_commit();
     wgmma_wait<1>();
     reg_fence(s);
+}
+
+/* Q fragments of this warp's 16 rows (A-register layout) from a swizzled [64][D] tile. */
+template <int D>
+__device__ __forceinline__ void load_qf(uint32_t (&qf)[D / 16][4], uint32_t sq, int warp, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+        krn_ldmatrix_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sq + sw128(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)));
 }
 
 /* The last O += P V of a row block. */
@@ -494,7 +519,7 @@ __device__ __forceinline__ void load_half(uint32_t dst, const TileR<RPT> &t, con
  * O += P_{t-1} V_{t-1} back to back on the tensor cores, runs the softmax of S_t while the second is in
  * flight, waits for it, rescales O and packs P_t. V therefore lags K by one tile: each iteration
  * copies K_{t+1} and V_t (two stages each), a whole iteration ahead of their use. */
-template <int D, int NWG, int MODE>
+template <int D, int NWG, int MODE, bool QR>
 __global__ void __launch_bounds__(NWG * 128, NWG == 1 ? 2 : 1)
 hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {
 #if HATTN_BODY
@@ -563,9 +588,16 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t 
         krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
                        ok ? 16 : 0);
     }
+    krn_cp_async_commit();
     TileR<RPT> r_t = resolve(0), r_n = resolve(1); /* tile t (V copy now) and t + 1 (K copy now) */
     if (n_tiles > 0) load_half<D, NT, RPT>(sK, r_t, k, a.kv_stride, n, tid);
     krn_cp_async_commit();
+    uint32_t qf[D / 16][4];
+    if (QR) {
+        krn_cp_async_wait<1>();
+        __syncthreads();
+        load_qf<D>(qf, sQ + wg * QB, warp, lane);
+    }
 
     float o[D / 2], s[32];
 #pragma unroll
@@ -598,7 +630,7 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t 
          * wgmma it cannot follow). A warpgroup that has nothing in tile t still runs S_t and
          * discards it; P_{t-1} is zero after such a tile (and before the first), so its P V adds 0. */
         const uint32_t kt = sK + (t & 1) * TB, vt = sV + ((t - 1) & 1) * TB;
-        issue_s_pv<D>(s, o, pa, sQw, kt, vt, v_lbo, v_sbo);
+        issue_s_pv<D, QR>(s, o, pa, qf, sQw, kt, vt, v_lbo, v_sbo);
         float al_a = 1.f, al_b = 1.f;
         if (active)
             softmax_tile(s, rw, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window, lane, al_a, al_b);
@@ -644,7 +676,7 @@ __device__ __forceinline__ bool sorted_contains(const int *l, int cnt, int x) {
  * discards them). Everything else is hattn_pipe_kernel's loop. K/V shared memory is zeroed first
  * so that a stale slot is finite. Shared memory: Q [2][64][D], K and V [2 stages][2 slots][64][D],
  * then int lists (host: pair_smem). */
-template <int D>
+template <int D, bool QR>
 __global__ void __launch_bounds__(256, 1)
 hattn_pair_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {
 #if HATTN_BODY
@@ -772,8 +804,15 @@ hattn_pair_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t 
         krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
                        ok ? 16 : 0);
     }
+    krn_cp_async_commit();
     if (n_steps > 0) copy_step(0, sK, k);
     krn_cp_async_commit();
+    uint32_t qf[D / 16][4];
+    if (QR) {
+        krn_cp_async_wait<1>();
+        __syncthreads();
+        load_qf<D>(qf, sQ + wg * QB, warp, lane);
+    }
 
     float o[D / 2], s[32];
 #pragma unroll
@@ -803,7 +842,7 @@ hattn_pair_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t 
         const int c_start = code >= 0 ? code : 0;
         const int c_count = gather ? min(kBN, nc - (-code - 1) * kBN) : kBN;
         const bool active = code != kNone && r0 < n && (gather || c_start <= r0 + 63);
-        issue_s_pv<D>(s, o, pa, sQw, sK + (t & 1) * 2 * TB + slot * TB, sV + ((t - 1) & 1) * 2 * TB + prev_slot * TB,
+        issue_s_pv<D, QR>(s, o, pa, qf, sQw, sK + (t & 1) * 2 * TB + slot * TB, sV + ((t - 1) & 1) * 2 * TB + prev_slot * TB,
                       v_lbo, v_sbo);
         prev_slot = slot;
         float al_a = 1.f, al_b = 1.f;
@@ -858,11 +897,11 @@ int launch(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng
     return 0;
 }
 
-template <int D, int NWG, int MODE>
+template <int D, int NWG, int MODE, bool QR>
 int launch_pipe(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
     constexpr int BM = 64 * NWG;
     const size_t smem = 1024 + (size_t)NWG * 64 * D * 2 + (size_t)4 * kBN * D * 2;
-    auto kern = hattn_pipe_kernel<D, NWG, MODE>;
+    auto kern = hattn_pipe_kernel<D, NWG, MODE, QR>;
     static bool attr_set = false;
     if (!attr_set) {
         CUDA_RET(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -886,9 +925,9 @@ size_t pair_smem(int D, const krn_index_dev *ix) {
     return 1024 + 2 * (size_t)64 * D * 2 + 8 * (size_t)kBN * D * 2 + 4 * (4 * mb + 2 * mc + 2 * ms);
 }
 
-template <int D> int launch_pair(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
+template <int D, bool QR> int launch_pair(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
     const size_t smem = pair_smem(D, ix);
-    auto kern = hattn_pair_kernel<D>;
+    auto kern = hattn_pair_kernel<D, QR>;
     CUDA_RET(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     dim3 grid((ix->n_rb + 1) / 2, a->H);
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
@@ -924,9 +963,9 @@ extern "C" int krn_hattn_dense(const krn_attn_args *a, int cfg, cudaStream_t s, 
         return eng_err_set(err, "attention: the wgmma kernels need an sm_90 card and a build for sm_90a");
     const bool d64 = a->d == 64;
     switch (cfg) {
-    case 0: return d64 ? launch_pipe<64, 2, MODE_DENSE>(a, nullptr, s, err) : launch_pipe<128, 2, MODE_DENSE>(a, nullptr, s, err);
+    case 0: return d64 ? launch_pipe<64, 2, MODE_DENSE, true>(a, nullptr, s, err) : launch_pipe<128, 2, MODE_DENSE, true>(a, nullptr, s, err);
     case 1: return d64 ? launch<64, 2, 2, MODE_DENSE>(a, nullptr, s, err) : launch<128, 2, 2, MODE_DENSE>(a, nullptr, s, err);
-    case 2: return d64 ? launch_pipe<64, 1, MODE_DENSE>(a, nullptr, s, err) : launch_pipe<128, 1, MODE_DENSE>(a, nullptr, s, err);
+    case 2: return d64 ? launch_pipe<64, 2, MODE_DENSE, false>(a, nullptr, s, err) : launch_pipe<128, 2, MODE_DENSE, false>(a, nullptr, s, err);
     default: return eng_err_set(err, "attention: unknown wgmma dense configuration %d", cfg);
     }
 }
@@ -938,11 +977,11 @@ extern "C" int krn_hattn_sparse(const krn_attn_args *a, const krn_index_dev *ix,
     int dev = 0, max_smem = 0;
     CUDA_RET(cudaGetDevice(&dev));
     CUDA_RET(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    if (cfg == 0 && pair_smem(a->d, ix) + 1024 /* static */ > (size_t)max_smem) cfg = 1; /* lists too long to pair */
+    if (cfg == 1 && pair_smem(a->d, ix) + 1024 /* static */ > (size_t)max_smem) cfg = 0; /* lists too long to pair */
     switch (cfg) {
-    case 0: return d64 ? launch_pair<64>(a, ix, s, err) : launch_pair<128>(a, ix, s, err);
-    case 1: return d64 ? launch_pipe<64, 1, MODE_SPARSE>(a, ix, s, err) : launch_pipe<128, 1, MODE_SPARSE>(a, ix, s, err);
-    case 2: return d64 ? launch<64, 1, 2, MODE_SPARSE>(a, ix, s, err) : launch<128, 1, 2, MODE_SPARSE>(a, ix, s, err);
+    case 0: return d64 ? launch_pipe<64, 1, MODE_SPARSE, true>(a, ix, s, err) : launch_pipe<128, 1, MODE_SPARSE, true>(a, ix, s, err);
+    case 1: return d64 ? launch_pair<64, true>(a, ix, s, err) : launch_pair<128, true>(a, ix, s, err);
+    case 2: return d64 ? launch_pipe<64, 1, MODE_SPARSE, false>(a, ix, s, err) : launch_pipe<128, 1, MODE_SPARSE, false>(a, ix, s, err);
     default: return eng_err_set(err, "sparse attention: unknown wgmma configuration %d", cfg);
     }
 }
