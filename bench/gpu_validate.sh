@@ -30,13 +30,17 @@ timeout ${VAL_NEW_TIMEOUT:-120} $B/attnscope bench --n ${VAL_NEW_NS:-16384,32768
     --patterns xattn,flex,dma,nm --json "$OUT/kernels_new.json" >>"$OUT/kernels.log" 2>&1
 echo "issue-9 kinds bench rc=$?"
 [ "${VAL_SDPA:-1}" = 1 ] && { t0=$(date +%s)
-PYTHONUNBUFFERED=1 timeout 180 python3 bench/sdpa.py --n ${VAL_NS:-16384,32768,131072} --ours "$OUT/kernels.json" \
+PYTHONUNBUFFERED=1 timeout 180 python3 bench/sdpa.py --n ${VAL_SDPA_NS:-${VAL_NS:-16384,32768,131072}} --ours "$OUT/kernels.json" \
     --json "$OUT/sdpa.json" >"$OUT/sdpa.log" 2>&1
 echo "sdpa rc=$? in $(( $(date +%s) - t0 )) s"; }
+[ "${VAL_1M:-0}" = 1 ] && { t0=$(date +%s) # 1M tokens: dense and the MInference-budget kinds, 2 reps
+timeout 240 $B/attnscope bench --n 1048576 --reps 2 --patterns bs,ashape --vs-fixed 1000,6096 \
+    --json "$OUT/kernels_1m.json" >"$OUT/kernels_1m.log" 2>&1
+echo "1M bench rc=$? in $(( $(date +%s) - t0 )) s"; }
 [ "${VAL_E2E:-1}" = 1 ] && { t0=$(date +%s)
 $B/attnscope bench --synthetic llama3-8b --n ${VAL_E2E_NS:-32768,131072} --json "$OUT/e2e.json" >"$OUT/e2e.log" 2>&1
 echo "e2e bench rc=$? in $(( $(date +%s) - t0 )) s"; }
 echo "==== product"; grep -vE '^\s*$' "$OUT/product.log" | tail -40
-echo "==== kernels"; cat "$OUT/kernels.log"
+echo "==== kernels"; cat "$OUT/kernels.log"; [ -f "$OUT/kernels_1m.log" ] && cat "$OUT/kernels_1m.log"
 echo "==== sdpa"; tail -12 "$OUT/sdpa.log"
 echo "==== e2e"; cat "$OUT/e2e.log"
