@@ -40,7 +40,7 @@ static void usage(FILE *f) {
                "                  tiles; 3: FA2 tiling, other staging; 4: sparse 2-warp row blocks; 5: sparse\n"
                "                  pairs not sharing; 6: mma.sync FA2 tiling, sparse row-block pairs sharing\n"
                "                  K/V tiles; 7, 8, 9: Hopper wgmma kernels: dense pipelined, 2 warpgroups\n"
-               "                  sharing K/V, Q in registers / first wgmma loop / as 7, Q from shared\n"
+               "                  sharing K/V, Q in registers / as 7, 1 warpgroup per CTA / as 7, Q from shared\n"
                "                  memory; sparse pipelined, 1 warpgroup per row block, Q in registers /\n"
                "                  row-block pairs sharing tiles / as 7, Q from shared memory)\n"
                "  --vs-fixed C,D  one more row: vertical-slash on a fixed index of the D most local diagonals\n"

@@ -77,25 +77,9 @@ attn_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     const __nv_bfloat16 *k = reinterpret_cast<const __nv_bfloat16 *>(a.k) + hk * D;
     const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
 
-    /* The tile list. */
-    int n_blocks, n_tiles, n_cols = 0, sink = 0, window = 0;
-    const int *boff = nullptr, *cidx = nullptr;
-    if (MODE == MODE_DENSE) {
-        int last = min(m0 + BM, n) - 1;
-        n_blocks = last / kBN + 1;
-        n_tiles = n_blocks;
-    } else {
-        const size_t hr = (size_t)h * ix.n_rb + mb; /* BM == 64 == ENG_BLOCK here */
-        n_blocks = ix.block_count[hr];
-        n_cols = ix.column_count[hr];
-        boff = ix.block_offset + hr * ix.max_blocks;
-        cidx = ix.column_index + hr * ix.max_cols;
-        n_tiles = n_blocks + (n_cols + kBN - 1) / kBN;
-        if (ix.band) {
-            sink = ix.band[2 * h];
-            window = ix.band[2 * h + 1];
-        }
-    }
+    const krn_tiles tls = krn_tiles_of<MODE == MODE_DENSE>(ix, h, mb, min(m0 + BM, n) - 1);
+    const int n_blocks = tls.n_blocks, n_tiles = tls.n_tiles, n_cols = tls.n_cols, sink = tls.sink, window = tls.window;
+    const int *boff = tls.boff, *cidx = tls.cidx;
     auto tile_at = [&](int t) {
         Tile tl;
         if (t < n_blocks) {
@@ -320,24 +304,9 @@ attn2_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     const __nv_bfloat16 *k = reinterpret_cast<const __nv_bfloat16 *>(a.k) + hk * D;
     const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
 
-    int n_blocks, n_tiles, n_cols = 0, sink = 0, window = 0;
-    const int *boff = nullptr, *cidx = nullptr;
-    if (MODE == MODE_DENSE) {
-        int last = min(m0 + BM, n) - 1;
-        n_blocks = last / kBN + 1;
-        n_tiles = n_blocks;
-    } else {
-        const size_t hr = (size_t)h * ix.n_rb + mb;
-        n_blocks = ix.block_count[hr];
-        n_cols = ix.column_count[hr];
-        boff = ix.block_offset + hr * ix.max_blocks;
-        cidx = ix.column_index + hr * ix.max_cols;
-        n_tiles = n_blocks + (n_cols + kBN - 1) / kBN;
-        if (ix.band) {
-            sink = ix.band[2 * h];
-            window = ix.band[2 * h + 1];
-        }
-    }
+    const krn_tiles tls = krn_tiles_of<MODE == MODE_DENSE>(ix, h, mb, min(m0 + BM, n) - 1);
+    const int n_blocks = tls.n_blocks, n_tiles = tls.n_tiles, n_cols = tls.n_cols, sink = tls.sink, window = tls.window;
+    const int *boff = tls.boff, *cidx = tls.cidx;
     auto tile_at = [&](int t) {
         Tile tl;
         if (MODE == MODE_DENSE || t < n_blocks) { /* dense: every tile is a block tile */

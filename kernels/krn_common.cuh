@@ -10,6 +10,7 @@
 extern "C" {
 #include "eng_err.h"
 }
+#include "krn_attn.h"
 
 /* Every CUDA call is checked; on failure the eng_err names file, line and statement and the
  * enclosing function jumps to its single exit path (label `fail`). */
@@ -85,6 +86,29 @@ static __device__ __forceinline__ float krn_ex2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
+}
+
+/* One 64-query row block's list of 64-key tiles: dense = every block through row `last`; sparse =
+ * the index's key blocks, then its gathered columns in groups of 64 (eng_index.h), with the band. */
+struct krn_tiles {
+    int n_blocks, n_tiles, n_cols, sink, window;
+    const int *boff, *cidx;
+};
+template <bool DENSE>
+static __device__ __forceinline__ krn_tiles krn_tiles_of(const krn_index_dev &ix, int h, int rb, int last) {
+    krn_tiles t = {0, 0, 0, 0, 0, nullptr, nullptr};
+    if (DENSE) {
+        t.n_blocks = t.n_tiles = last / 64 + 1;
+    } else {
+        const size_t hr = (size_t)h * ix.n_rb + rb;
+        t.n_blocks = ix.block_count[hr];
+        t.n_cols = ix.column_count[hr];
+        t.boff = ix.block_offset + hr * ix.max_blocks;
+        t.cidx = ix.column_index + hr * ix.max_cols;
+        t.n_tiles = t.n_blocks + (t.n_cols + 63) / 64;
+        if (ix.band) t.sink = ix.band[2 * h], t.window = ix.band[2 * h + 1];
+    }
+    return t;
 }
 
 /* D (16x8 f32) += A (16x16 bf16, row) * B (16x8 bf16, col). */

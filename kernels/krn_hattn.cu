@@ -1,12 +1,14 @@
 /* krn_hattn: flash attention on Hopper warpgroup MMA (wgmma, sm_90a). One warpgroup (4 warps, 128
- * threads) owns 64 query rows of one head: S = Q K^T (m64n64k16, both operands from shared memory
- * through 128-byte-swizzled descriptors), online softmax in fp32 registers (exp2 domain), then
- * O += P V (m64nDk16, P from registers in the accumulator layout, V through an MN-major
- * descriptor). K/V tiles of 64 keys arrive by cp.async into ST shared-memory stages, one tile
- * ahead of the math. A tile is 64 consecutive keys from a token offset (dense tiles, index key
- * blocks: causal and band masks where they reach past a row) or up to 64 gathered key columns.
- * Dense CTAs of NWG = 2 warpgroups share every K/V tile between 128 query rows (half the L2
- * traffic); sparse CTAs hold one warpgroup per 64-query index row block.
+ * threads) owns 64 query rows of one head: S = Q K^T (m64n64k16; Q from registers, loaded once by
+ * ldmatrix; K through a 128-byte-swizzled shared-memory descriptor), online softmax in fp32 registers
+ * (exp2 domain), O += P V (m64nDk16, P from registers in the accumulator layout, V through an MN-major
+ * descriptor). Pipelined as FA3 within a warpgroup: iteration t issues S_t and P_{t-1} V_{t-1} back to
+ * back and runs the softmax of S_t while the second is in flight; K and V tiles of 64 keys arrive by
+ * cp.async a whole iteration ahead (V one tile behind K). A tile is 64 consecutive keys from a token
+ * offset (dense tiles, index key blocks: causal and band masks where they reach past a row) or up to
+ * 64 gathered key columns. Dense CTAs of 2 warpgroups share every K/V tile between 128 query rows;
+ * sparse CTAs hold one warpgroup per 64-query index row block (hattn_pipe_kernel), or two
+ * consecutive row blocks sharing the tiles their lists share (hattn_pair_kernel, a variant).
  *
  * Shared-memory tile layout (bytes), shared by Q, K and V: a [64][D] bf16 tile is D/64 column
  * panels of [64 rows][128 B]; 16-byte chunk c of row r sits at chunk c ^ (r & 7) (the hardware's
@@ -108,235 +110,6 @@ template <int D> __device__ __forceinline__ void wgmma_pv(float (&o)[D / 2], con
 #if HATTN_BODY
     if constexpr (D == 128) wgmma_rs_n128(o, a, db);
     else wgmma_rs_n64(o, a, db);
-#endif
-}
-
-struct Tile {
-    int start;       /* first key (block tiles) */
-    int count;       /* keys in this tile (gather tiles may be short) */
-    const int *cols; /* gathered key indexes, or nullptr for a block tile */
-};
-
-/* One 64-key tile of K and V into swizzled shared tiles at byte addresses sk / sk + tile bytes;
- * rows past the tile's keys (or past n) are zero-filled. */
-template <int D, int NT>
-__device__ __forceinline__ void load_tile(uint32_t sk, const Tile &t, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
-                                          int kv_stride, int n, int tid) {
-    constexpr int CH = D / 8, TB = kBN * D * 2;
-#pragma unroll
-    for (int c = tid; c < kBN * CH; c += NT) {
-        const int r = c / CH, ch = c % CH;
-        int key;
-        bool ok;
-        if (t.cols) {
-            ok = r < t.count;
-            key = ok ? __ldg(t.cols + r) : 0;
-        } else {
-            key = t.start + r;
-            ok = key < n;
-        }
-        const size_t off = ok ? (size_t)key * kv_stride + ch * 8 : 0;
-        const uint32_t dst = sk + sw128(r, ch);
-        krn_cp_async16(dst, k + off, ok ? 16 : 0);
-        krn_cp_async16(dst + TB, v + off, ok ? 16 : 0);
-    }
-}
-
-template <int D, int NWG, int ST, int MODE>
-__global__ void __launch_bounds__(NWG * 128, NWG == 1 && ST == 2 ? 2 : 1)
-hattn_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {
-#if HATTN_BODY
-    constexpr int NT = NWG * 128, CH = D / 8, TB = kBN * D * 2 /* bytes per K or V tile */, QB = 64 * D * 2;
-    constexpr int BM = 64 * NWG, KS = D / 16;
-    extern __shared__ __align__(1024) unsigned char smem_raw[];
-    const uint32_t s0 = krn_smem_u32(smem_raw);
-    const uint32_t sQ = (s0 + 1023u) & ~1023u; /* [NWG][64][D] */
-    const uint32_t sKV = sQ + NWG * QB;        /* [ST][K tile, V tile] */
-
-    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
-    const int n = a.n;
-    const int n_mb = (n + BM - 1) / BM;
-    const int mb = n_mb - 1 - (int)blockIdx.x; /* heaviest row blocks first */
-    const int h = blockIdx.y, hk = h / (a.H / a.Hkv);
-    const int m0 = mb * BM, r0 = m0 + wg * 64; /* this warpgroup's first row */
-
-    const __nv_bfloat16 *q = reinterpret_cast<const __nv_bfloat16 *>(a.q) + h * D;
-    const __nv_bfloat16 *k = reinterpret_cast<const __nv_bfloat16 *>(a.k) + hk * D;
-    const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
-
-    /* The tile list. */
-    int n_blocks, n_tiles, n_cols = 0, sink = 0, window = 0;
-    const int *boff = nullptr, *cidx = nullptr;
-    if (MODE == MODE_DENSE) {
-        n_blocks = (min(m0 + BM, n) - 1) / kBN + 1;
-        n_tiles = n_blocks;
-    } else {
-        const size_t hr = (size_t)h * ix.n_rb + mb; /* BM == 64 == the index's row block */
-        n_blocks = ix.block_count[hr];
-        n_cols = ix.column_count[hr];
-        boff = ix.block_offset + hr * ix.max_blocks;
-        cidx = ix.column_index + hr * ix.max_cols;
-        n_tiles = n_blocks + (n_cols + kBN - 1) / kBN;
-        if (ix.band) {
-            sink = ix.band[2 * h];
-            window = ix.band[2 * h + 1];
-        }
-    }
-    auto tile_at = [&](int t) {
-        Tile tl;
-        if (t < n_blocks) {
-            tl.start = MODE == MODE_DENSE ? t * kBN : boff[t];
-            tl.count = kBN;
-            tl.cols = nullptr;
-        } else {
-            const int g = t - n_blocks;
-            tl.start = 0;
-            tl.count = min(kBN, n_cols - g * kBN);
-            tl.cols = cidx + g * kBN;
-        }
-        return tl;
-    };
-
-    /* Q rows (past n zero-filled) with the first tile as one group, then tiles 1 .. ST-2. */
-#pragma unroll
-    for (int c = tid; c < BM * CH; c += NT) {
-        const int r = c / CH, ch = c % CH, row = m0 + r;
-        const bool ok = row < n;
-        krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
-                       ok ? 16 : 0);
-    }
-#pragma unroll
-    for (int s = 0; s < ST - 1; s++) {
-        if (s < n_tiles) load_tile<D, NT>(sKV + s * 2 * TB, tile_at(s), k, v, a.kv_stride, n, tid);
-        krn_cp_async_commit();
-    }
-
-    float o[D / 2];
-#pragma unroll
-    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
-    float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f; /* m in the scaled exp2 domain */
-    const int row_a = r0 + warp * 16 + (lane >> 2), row_b = row_a + 8;
-    const uint32_t sQw = sQ + wg * QB;
-
-    for (int t = 0; t < n_tiles; t++) {
-        krn_cp_async_wait<ST - 2>(); /* tile t has landed (this thread's copies) */
-        fence_proxy_async();
-        __syncthreads(); /* everyone's copies of tile t; everyone is done with tile t - 1's stage */
-        {
-            const int tn = t + ST - 1;
-            if (tn < n_tiles) load_tile<D, NT>(sKV + (tn % ST) * 2 * TB, tile_at(tn), k, v, a.kv_stride, n, tid);
-            krn_cp_async_commit();
-        }
-        const Tile tl = tile_at(t);
-        const bool gather = tl.cols != nullptr;
-        if (r0 >= n || (!gather && tl.start > r0 + 63)) continue; /* no row of this warpgroup sees it */
-        const uint32_t sK = sKV + (t % ST) * 2 * TB, sV = sK + TB;
-
-        /* S = Q K^T: 64 rows x 64 keys, D/16 k-steps. */
-        float s[32];
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < KS; kk++) {
-            const uint32_t off = (kk >> 2) * kPanel + (kk & 3) * 32;
-            wgmma_ss_n64(s, gdesc(sQw + off, 16, 1024), gdesc(sK + off, 16, 1024), kk > 0);
-        }
-        wgmma_commit();
-        wgmma_wait<0>();
-        reg_fence(s);
-
-        /* Masks: keys after the row (block tiles reaching past this warpgroup's first row), the
-         * A-shape band, gathered slots past the count. Accumulator element s[j*4 + e]: row
-         * (e < 2 ? row_a : row_b), column j*8 + (lane & 3)*2 + (e & 1). */
-        const bool band = !gather && window > 0 && r0 + 63 - tl.start >= window && tl.start + kBN - 1 >= sink;
-        const bool need_mask = gather ? tl.count < kBN : (tl.start + kBN - 1 > r0 || band);
-        if (need_mask) {
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int col = j * 8 + (lane & 3) * 2 + (e & 1), row = e < 2 ? row_a : row_b, key = tl.start + col;
-                    const bool dead = gather ? col >= tl.count
-                                             : (key > row || (band && key >= sink && row - key >= window));
-                    if (dead) s[j * 4 + e] = -INFINITY;
-                }
-            }
-        }
-        /* Online softmax over the quad that shares a row. */
-        float mx_a = -INFINITY, mx_b = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            mx_a = fmaxf(mx_a, fmaxf(s[j * 4 + 0], s[j * 4 + 1]));
-            mx_b = fmaxf(mx_b, fmaxf(s[j * 4 + 2], s[j * 4 + 3]));
-        }
-        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-        const float mn_a = fmaxf(m_a, mx_a * scale_log2), mn_b = fmaxf(m_b, mx_b * scale_log2);
-        const float use_a = mn_a == -INFINITY ? 0.f : mn_a, use_b = mn_b == -INFINITY ? 0.f : mn_b;
-        const float al_a = krn_ex2(m_a - use_a), al_b = krn_ex2(m_b - use_b);
-        m_a = mn_a;
-        m_b = mn_b;
-        float sum_a = 0.f, sum_b = 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            s[j * 4 + 0] = krn_ex2(fmaf(s[j * 4 + 0], scale_log2, -use_a));
-            s[j * 4 + 1] = krn_ex2(fmaf(s[j * 4 + 1], scale_log2, -use_a));
-            s[j * 4 + 2] = krn_ex2(fmaf(s[j * 4 + 2], scale_log2, -use_b));
-            s[j * 4 + 3] = krn_ex2(fmaf(s[j * 4 + 3], scale_log2, -use_b));
-            sum_a += s[j * 4 + 0] + s[j * 4 + 1];
-            sum_b += s[j * 4 + 2] + s[j * 4 + 3];
-        }
-        l_a = l_a * al_a + sum_a;
-        l_b = l_b * al_b + sum_b;
-#pragma unroll
-        for (int j = 0; j < D / 8; j++) {
-            o[j * 4 + 0] *= al_a;
-            o[j * 4 + 1] *= al_a;
-            o[j * 4 + 2] *= al_b;
-            o[j * 4 + 3] *= al_b;
-        }
-        /* O += P V: P (bf16) in the A-register layout, which is the accumulator layout of S. */
-        uint32_t pa[4][4];
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            pa[kk][0] = krn_pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-            pa[kk][1] = krn_pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-            pa[kk][2] = krn_pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-            pa[kk][3] = krn_pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-        }
-        reg_fence(o);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) wgmma_pv<D>(o, pa[kk], gdesc(sV + kk * 2048, v_lbo, v_sbo));
-        wgmma_commit();
-        wgmma_wait<0>();
-        reg_fence(o);
-    }
-    krn_cp_async_wait<0>();
-
-    /* Finish: full row sums over the quad, normalise, store bf16 and the natural-log LSE. */
-    l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
-    l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
-    l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
-    l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
-    const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
-    __nv_bfloat16 *out = reinterpret_cast<__nv_bfloat16 *>(a.out) + h * D;
-#pragma unroll
-    for (int j = 0; j < D / 8; j++) {
-        const int col = j * 8 + (lane & 3) * 2;
-        if (row_a < n)
-            *reinterpret_cast<uint32_t *>(out + (size_t)row_a * a.out_stride + col) =
-                krn_pack_bf16(o[j * 4 + 0] * inv_a, o[j * 4 + 1] * inv_a);
-        if (row_b < n)
-            *reinterpret_cast<uint32_t *>(out + (size_t)row_b * a.out_stride + col) =
-                krn_pack_bf16(o[j * 4 + 2] * inv_b, o[j * 4 + 3] * inv_b);
-    }
-    if (a.lse && (lane & 3) == 0) {
-        const float ln2 = 0.69314718055994531f;
-        if (row_a < n) a.lse[(size_t)h * n + row_a] = l_a > 0.f ? (m_a + log2f(l_a)) * ln2 : -INFINITY;
-        if (row_b < n) a.lse[(size_t)h * n + row_b] = l_b > 0.f ? (m_b + log2f(l_b)) * ln2 : -INFINITY;
-    }
 #endif
 }
 
@@ -479,6 +252,24 @@ __device__ __forceinline__ void load_qf(uint32_t (&qf)[D / 16][4], uint32_t sq, 
         krn_ldmatrix_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sq + sw128(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)));
 }
 
+/* After issue_s_pv: the softmax of S (or P = 0 for a warpgroup with no row in the tile), the wait
+ * for the P V in flight, then O rescaled and the next P packed. */
+template <int D>
+__device__ __forceinline__ void finish_tile(float (&s)[32], float (&o)[D / 2], uint32_t (&pa)[4][4], Rows &rw,
+                                            bool active, float scale_log2, bool gather, int c_start, int c_count,
+                                            int r0, int row_a, int row_b, int sink, int window, int lane) {
+    float al_a = 1.f, al_b = 1.f;
+    if (active)
+        softmax_tile(s, rw, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window, lane, al_a, al_b);
+    else
+#pragma unroll
+        for (int i = 0; i < 32; i++) s[i] = 0.f;
+    wgmma_wait<0>();
+    reg_fence(o);
+    rescale_pack<D>(o, pa, s, al_a, al_b);
+    reg_fence(o);
+}
+
 /* The last O += P V of a row block. */
 template <int D>
 __device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)[4][4], uint32_t vt, uint32_t v_lbo,
@@ -542,23 +333,9 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t 
     const __nv_bfloat16 *k = reinterpret_cast<const __nv_bfloat16 *>(a.k) + hk * D;
     const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
 
-    int n_blocks, n_tiles, n_cols = 0, sink = 0, window = 0;
-    const int *boff = nullptr, *cidx = nullptr;
-    if (MODE == MODE_DENSE) {
-        n_blocks = (min(m0 + BM, n) - 1) / kBN + 1;
-        n_tiles = n_blocks;
-    } else {
-        const size_t hr = (size_t)h * ix.n_rb + mb; /* BM == 64 == the index's row block */
-        n_blocks = ix.block_count[hr];
-        n_cols = ix.column_count[hr];
-        boff = ix.block_offset + hr * ix.max_blocks;
-        cidx = ix.column_index + hr * ix.max_cols;
-        n_tiles = n_blocks + (n_cols + kBN - 1) / kBN;
-        if (ix.band) {
-            sink = ix.band[2 * h];
-            window = ix.band[2 * h + 1];
-        }
-    }
+    const krn_tiles tls = krn_tiles_of<MODE == MODE_DENSE>(ix, h, mb, min(m0 + BM, n) - 1);
+    const int n_blocks = tls.n_blocks, n_tiles = tls.n_tiles, n_cols = tls.n_cols, sink = tls.sink, window = tls.window;
+    const int *boff = tls.boff, *cidx = tls.cidx;
     auto resolve = [&](int t) {
         TileR<RPT> r;
         r.start = 0, r.count = 0, r.gather = 0;
@@ -631,16 +408,7 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t 
          * discards it; P_{t-1} is zero after such a tile (and before the first), so its P V adds 0. */
         const uint32_t kt = sK + (t & 1) * TB, vt = sV + ((t - 1) & 1) * TB;
         issue_s_pv<D, QR>(s, o, pa, qf, sQw, kt, vt, v_lbo, v_sbo);
-        float al_a = 1.f, al_b = 1.f;
-        if (active)
-            softmax_tile(s, rw, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window, lane, al_a, al_b);
-        else
-#pragma unroll
-            for (int i = 0; i < 32; i++) s[i] = 0.f;
-        wgmma_wait<0>();
-        reg_fence(o);
-        rescale_pack<D>(o, pa, s, al_a, al_b);
-        reg_fence(o);
+        finish_tile<D>(s, o, pa, rw, active, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window, lane);
     }
     /* The last P V (V_{T-1} was copied in the last iteration; P is zero when T = 0). */
     krn_cp_async_wait<0>();
@@ -845,16 +613,7 @@ hattn_pair_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t 
         issue_s_pv<D, QR>(s, o, pa, qf, sQw, sK + (t & 1) * 2 * TB + slot * TB, sV + ((t - 1) & 1) * 2 * TB + prev_slot * TB,
                       v_lbo, v_sbo);
         prev_slot = slot;
-        float al_a = 1.f, al_b = 1.f;
-        if (active)
-            softmax_tile(s, rw, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window, lane, al_a, al_b);
-        else
-#pragma unroll
-            for (int i = 0; i < 32; i++) s[i] = 0.f;
-        wgmma_wait<0>();
-        reg_fence(o);
-        rescale_pack<D>(o, pa, s, al_a, al_b);
-        reg_fence(o);
+        finish_tile<D>(s, o, pa, rw, active, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window, lane);
     }
     krn_cp_async_wait<0>();
     fence_proxy_async();
@@ -874,27 +633,6 @@ void v_offsets(uint32_t *lbo, uint32_t *sbo) {
     }
     *lbo = swap ? 1024u : (uint32_t)kPanel;
     *sbo = swap ? (uint32_t)kPanel : 1024u;
-}
-
-template <int D, int NWG, int ST, int MODE>
-int launch(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
-    constexpr int BM = 64 * NWG;
-    const size_t smem = 1024 + (size_t)NWG * 64 * D * 2 + (size_t)ST * 2 * kBN * D * 2;
-    auto kern = hattn_kernel<D, NWG, ST, MODE>;
-    static bool attr_set = false;
-    if (!attr_set) {
-        CUDA_RET(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        attr_set = true;
-    }
-    const int n_mb = (a->n + BM - 1) / BM;
-    dim3 grid(n_mb, a->H);
-    const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
-    uint32_t lbo, sbo;
-    v_offsets(&lbo, &sbo);
-    krn_index_dev none = {};
-    kern<<<grid, NWG * 128, smem, st>>>(*a, ix ? *ix : none, scale_log2, lbo, sbo);
-    LAUNCH_RET("hattn_kernel");
-    return 0;
 }
 
 template <int D, int NWG, int MODE, bool QR>
@@ -964,7 +702,7 @@ extern "C" int krn_hattn_dense(const krn_attn_args *a, int cfg, cudaStream_t s, 
     const bool d64 = a->d == 64;
     switch (cfg) {
     case 0: return d64 ? launch_pipe<64, 2, MODE_DENSE, true>(a, nullptr, s, err) : launch_pipe<128, 2, MODE_DENSE, true>(a, nullptr, s, err);
-    case 1: return d64 ? launch<64, 2, 2, MODE_DENSE>(a, nullptr, s, err) : launch<128, 2, 2, MODE_DENSE>(a, nullptr, s, err);
+    case 1: return d64 ? launch_pipe<64, 1, MODE_DENSE, true>(a, nullptr, s, err) : launch_pipe<128, 1, MODE_DENSE, true>(a, nullptr, s, err);
     case 2: return d64 ? launch_pipe<64, 2, MODE_DENSE, false>(a, nullptr, s, err) : launch_pipe<128, 2, MODE_DENSE, false>(a, nullptr, s, err);
     default: return eng_err_set(err, "attention: unknown wgmma dense configuration %d", cfg);
     }
