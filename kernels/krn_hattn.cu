@@ -35,6 +35,8 @@ namespace {
 
 constexpr int kBN = 64;          /* keys per tile */
 constexpr int kPanel = 64 * 128; /* bytes in one [64 rows][64 cols] bf16 panel */
+/* V as the MN-major B of P V: leading byte offset = between 64-column panels, stride = between 8-key groups. */
+constexpr uint32_t kVLbo = kPanel, kVSbo = 1024;
 
 enum { MODE_DENSE = 0, MODE_SPARSE = 1 };
 
@@ -224,8 +226,7 @@ __device__ __forceinline__ void store_rows(const float (&o)[D / 2], Rows rw, con
  * ptxas serialises wgmma across branches. */
 template <int D, bool QR>
 __device__ __forceinline__ void issue_s_pv(float (&s)[32], float (&o)[D / 2], const uint32_t (&pa)[4][4],
-                                           const uint32_t (&qf)[D / 16][4], uint32_t sq, uint32_t kt, uint32_t vt,
-                                           uint32_t v_lbo, uint32_t v_sbo) {
+                                           const uint32_t (&qf)[D / 16][4], uint32_t sq, uint32_t kt, uint32_t vt) {
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
@@ -238,7 +239,7 @@ __device__ __forceinline__ void issue_s_pv(float (&s)[32], float (&o)[D / 2], co
     }
     wgmma_commit();
 #pragma unroll
-    for (int kk = 0; kk < 4; kk++) wgmma_pv<D>(o, pa[kk], gdesc(vt + kk * 2048, v_lbo, v_sbo));
+    for (int kk = 0; kk < 4; kk++) wgmma_pv<D>(o, pa[kk], gdesc(vt + kk * 2048, kVLbo, kVSbo));
     wgmma_commit();
     wgmma_wait<1>();
     reg_fence(s);
@@ -272,11 +273,10 @@ __device__ __forceinline__ void finish_tile(float (&s)[32], float (&o)[D / 2], u
 
 /* The last O += P V of a row block. */
 template <int D>
-__device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)[4][4], uint32_t vt, uint32_t v_lbo,
-                                         uint32_t v_sbo) {
+__device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)[4][4], uint32_t vt) {
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; kk++) wgmma_pv<D>(o, pa[kk], gdesc(vt + kk * 2048, v_lbo, v_sbo));
+    for (int kk = 0; kk < 4; kk++) wgmma_pv<D>(o, pa[kk], gdesc(vt + kk * 2048, kVLbo, kVSbo));
     wgmma_commit();
     wgmma_wait<0>();
     reg_fence(o);
@@ -312,7 +312,7 @@ __device__ __forceinline__ void load_half(uint32_t dst, const TileR<RPT> &t, con
  * copies K_{t+1} and V_t (two stages each), a whole iteration ahead of their use. */
 template <int D, int NWG, int MODE, bool QR>
 __global__ void __launch_bounds__(NWG * 128, NWG == 1 ? 2 : 1)
-hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {
+hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
 #if HATTN_BODY
     constexpr int NT = NWG * 128, CH = D / 8, TB = kBN * D * 2 /* bytes per K or V tile */, QB = 64 * D * 2;
     constexpr int BM = 64 * NWG, RPT = kBN * CH / NT;
@@ -407,14 +407,14 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t 
          * wgmma it cannot follow). A warpgroup that has nothing in tile t still runs S_t and
          * discards it; P_{t-1} is zero after such a tile (and before the first), so its P V adds 0. */
         const uint32_t kt = sK + (t & 1) * TB, vt = sV + ((t - 1) & 1) * TB;
-        issue_s_pv<D, QR>(s, o, pa, qf, sQw, kt, vt, v_lbo, v_sbo);
+        issue_s_pv<D, QR>(s, o, pa, qf, sQw, kt, vt);
         finish_tile<D>(s, o, pa, rw, active, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window, lane);
     }
     /* The last P V (V_{T-1} was copied in the last iteration; P is zero when T = 0). */
     krn_cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
-    issue_pv<D>(o, pa, sV + ((n_tiles - 1) & 1) * TB, v_lbo, v_sbo);
+    issue_pv<D>(o, pa, sV + ((n_tiles - 1) & 1) * TB);
     store_rows<D>(o, rw, a, h, row_a, row_b, lane);
 #endif
 }
@@ -446,7 +446,7 @@ __device__ __forceinline__ bool sorted_contains(const int *l, int cnt, int x) {
  * then int lists (host: pair_smem). */
 template <int D, bool QR>
 __global__ void __launch_bounds__(256, 1)
-hattn_pair_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {
+hattn_pair_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
 #if HATTN_BODY
     constexpr int CH = D / 8, TB = kBN * D * 2, QB = 64 * D * 2, RP = 128 / CH /* rows per copy pass */;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -610,52 +610,35 @@ hattn_pair_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2, uint32_t 
         const int c_start = code >= 0 ? code : 0;
         const int c_count = gather ? min(kBN, nc - (-code - 1) * kBN) : kBN;
         const bool active = code != kNone && r0 < n && (gather || c_start <= r0 + 63);
-        issue_s_pv<D, QR>(s, o, pa, qf, sQw, sK + (t & 1) * 2 * TB + slot * TB, sV + ((t - 1) & 1) * 2 * TB + prev_slot * TB,
-                      v_lbo, v_sbo);
+        issue_s_pv<D, QR>(s, o, pa, qf, sQw, sK + (t & 1) * 2 * TB + slot * TB, sV + ((t - 1) & 1) * 2 * TB + prev_slot * TB);
         prev_slot = slot;
         finish_tile<D>(s, o, pa, rw, active, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window, lane);
     }
     krn_cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
-    issue_pv<D>(o, pa, sV + ((n_steps - 1) & 1) * 2 * TB + prev_slot * TB, v_lbo, v_sbo);
+    issue_pv<D>(o, pa, sV + ((n_steps - 1) & 1) * 2 * TB + prev_slot * TB);
     store_rows<D>(o, rw, a, h, row_a, row_b, lane);
 #endif
 }
 
-/* The V descriptor's byte offsets (leading: between 64-column panels; stride: between 8-key
- * groups); ATTNSCOPE_HATTN_VSWAP=1 swaps them (a probe for the descriptor convention). */
-void v_offsets(uint32_t *lbo, uint32_t *sbo) {
-    static int swap = -1;
-    if (swap < 0) {
-        const char *e = getenv("ATTNSCOPE_HATTN_VSWAP");
-        swap = e && e[0] == '1';
-    }
-    *lbo = swap ? 1024u : (uint32_t)kPanel;
-    *sbo = swap ? (uint32_t)kPanel : 1024u;
+/* Raise the kernel's dynamic shared-memory limit and launch it on grid x (128 * NWG) threads. */
+template <typename K>
+int launch_kern(K kern, dim3 grid, int threads, size_t smem, const krn_attn_args *a, const krn_index_dev *ix, int d,
+                cudaStream_t st, const char *what, eng_err *err) {
+    CUDA_RET(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    krn_index_dev none = {};
+    kern<<<grid, threads, smem, st>>>(*a, ix ? *ix : none, 1.4426950408889634f / sqrtf((float)d));
+    LAUNCH_RET(what);
+    return 0;
 }
 
 template <int D, int NWG, int MODE, bool QR>
 int launch_pipe(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
-    constexpr int BM = 64 * NWG;
     const size_t smem = 1024 + (size_t)NWG * 64 * D * 2 + (size_t)4 * kBN * D * 2;
-    auto kern = hattn_pipe_kernel<D, NWG, MODE, QR>;
-    static bool attr_set = false;
-    if (!attr_set) {
-        CUDA_RET(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        attr_set = true;
-    }
-    const int n_mb = (a->n + BM - 1) / BM;
-    dim3 grid(n_mb, a->H);
-    const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
-    uint32_t lbo, sbo;
-    v_offsets(&lbo, &sbo);
-    krn_index_dev none = {};
-    kern<<<grid, NWG * 128, smem, st>>>(*a, ix ? *ix : none, scale_log2, lbo, sbo);
-    LAUNCH_RET("hattn_pipe_kernel");
-    return 0;
+    const dim3 grid((a->n + 64 * NWG - 1) / (64 * NWG), a->H);
+    return launch_kern(hattn_pipe_kernel<D, NWG, MODE, QR>, grid, NWG * 128, smem, a, ix, D, st, "hattn_pipe_kernel", err);
 }
-
 
 /* Shared memory of hattn_pair_kernel for an index's capacities (bytes). */
 size_t pair_smem(int D, const krn_index_dev *ix) {
@@ -664,16 +647,19 @@ size_t pair_smem(int D, const krn_index_dev *ix) {
 }
 
 template <int D, bool QR> int launch_pair(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
-    const size_t smem = pair_smem(D, ix);
-    auto kern = hattn_pair_kernel<D, QR>;
-    CUDA_RET(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    dim3 grid((ix->n_rb + 1) / 2, a->H);
-    const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
-    uint32_t lbo, sbo;
-    v_offsets(&lbo, &sbo);
-    kern<<<grid, 256, smem, st>>>(*a, *ix, scale_log2, lbo, sbo);
-    LAUNCH_RET("hattn_pair_kernel");
-    return 0;
+    const dim3 grid((ix->n_rb + 1) / 2, a->H);
+    return launch_kern(hattn_pair_kernel<D, QR>, grid, 256, pair_smem(D, ix), a, ix, D, st, "hattn_pair_kernel", err);
+}
+
+/* The card's opt-in shared memory per block (queried once). */
+int max_smem_optin(eng_err *err) {
+    static int max_smem = 0;
+    if (!max_smem) {
+        int dev = 0;
+        CUDA_RET(cudaGetDevice(&dev));
+        CUDA_RET(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    }
+    return max_smem;
 }
 
 } /* namespace */
@@ -712,9 +698,8 @@ extern "C" int krn_hattn_sparse(const krn_attn_args *a, const krn_index_dev *ix,
     if (!krn_hattn_available())
         return eng_err_set(err, "sparse attention: the wgmma kernels need an sm_90 card and a build for sm_90a");
     const bool d64 = a->d == 64;
-    int dev = 0, max_smem = 0;
-    CUDA_RET(cudaGetDevice(&dev));
-    CUDA_RET(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    const int max_smem = max_smem_optin(err);
+    if (max_smem < 0) return -1;
     if (cfg == 1 && pair_smem(a->d, ix) + 1024 /* static */ > (size_t)max_smem) cfg = 0; /* lists too long to pair */
     switch (cfg) {
     case 0: return d64 ? launch_pipe<64, 1, MODE_SPARSE, true>(a, ix, s, err) : launch_pipe<128, 1, MODE_SPARSE, true>(a, ix, s, err);
