@@ -287,6 +287,7 @@ __device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)
  * that no index read sits between a barrier and the copies it feeds. */
 template <int RPT> struct TileR {
     int start, count, gather;
+    int who; /* hattn_union_kernel: bit w set = warpgroup w's row block lists this tile */
     int key[RPT];
 };
 
@@ -419,6 +420,144 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
 #endif
 }
 
+
+/* Sparse attention for two consecutive index row blocks per CTA (warpgroup w: row block 2p + w) on
+ * hattn_pipe_kernel's loop, walking the union of their lists so that a tile both lists name is copied
+ * once for both. The key blocks (both lists sorted ascending) are merged on the fly, two cursors in
+ * registers; then the gathered columns: one list of tiles for both when the two column lists are
+ * equal, else each warpgroup's own. A warpgroup that a tile is not for skips it (SKIP: branches around
+ * its tensor work, after flushing its pending P V) or computes and discards it (!SKIP: straight-line,
+ * P = 0). */
+template <int D, bool SKIP>
+__global__ void __launch_bounds__(256, 1)
+hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
+#if HATTN_BODY
+    constexpr int NT = 256, CH = D / 8, TB = kBN * D * 2, QB = 64 * D * 2, RPT = kBN * CH / NT;
+    constexpr int kEnd = 0x7fffffff;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const uint32_t s0 = krn_smem_u32(smem_raw);
+    const uint32_t sQ = (s0 + 1023u) & ~1023u, sK = sQ + 2 * QB, sV = sK + 2 * TB;
+    const uint32_t sZ = sV + 2 * TB; /* a zero V tile: the P V of a warpgroup with no P pending reads it */
+
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+    const int n = a.n, n_rb = ix.n_rb;
+    const int pb = (n_rb + 1) / 2 - 1 - (int)blockIdx.x; /* heaviest pairs first */
+    const int h = blockIdx.y, hk = h / (a.H / a.Hkv);
+    const int m0 = 2 * pb * 64, r0 = m0 + wg * 64;
+    const bool has1 = 2 * pb + 1 < n_rb;
+    const krn_tiles L0 = krn_tiles_of<false>(ix, h, 2 * pb, 0);
+    krn_tiles L1 = {0, 0, 0, 0, 0, nullptr, nullptr};
+    if (has1) L1 = krn_tiles_of<false>(ix, h, 2 * pb + 1, 0);
+    const int sink = L0.sink, window = L0.window;
+
+    const __nv_bfloat16 *q = reinterpret_cast<const __nv_bfloat16 *>(a.q) + h * D;
+    const __nv_bfloat16 *k = reinterpret_cast<const __nv_bfloat16 *>(a.k) + hk * D;
+    const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
+
+    /* Are the column lists equal? (Then their gather tiles are shared.) */
+    int diff = L0.n_cols != L1.n_cols;
+    for (int i = tid; !diff && i < L0.n_cols; i += NT) diff = __ldg(L0.cidx + i) != __ldg(L1.cidx + i);
+    const bool cols_shared = !__syncthreads_or(diff);
+    const int g0 = (L0.n_cols + kBN - 1) / kBN, g1 = (L1.n_cols + kBN - 1) / kBN;
+
+    /* The tile sequence: merged blocks, then gather tiles (shared, or g0 of warpgroup 0 then g1 of 1). */
+    int ia = 0, ib = 0, gi = 0;
+    int va = L0.n_blocks > 0 ? __ldg(L0.boff) : kEnd, vb = L1.n_blocks > 0 ? __ldg(L1.boff) : kEnd;
+    const int n_gather = cols_shared ? g0 : g0 + g1;
+    auto next = [&]() {
+        TileR<RPT> r;
+        r.start = 0, r.count = 0, r.gather = 0, r.who = 0;
+        if (va != kEnd || vb != kEnd) {
+            r.count = kBN;
+            if (va <= vb) {
+                r.start = va, r.who = 1;
+                if (va == vb) {
+                    r.who = 3;
+                    vb = ++ib < L1.n_blocks ? __ldg(L1.boff + ib) : kEnd;
+                }
+                va = ++ia < L0.n_blocks ? __ldg(L0.boff + ia) : kEnd;
+            } else {
+                r.start = vb, r.who = 2;
+                vb = ++ib < L1.n_blocks ? __ldg(L1.boff + ib) : kEnd;
+            }
+        } else if (gi < n_gather) {
+            const bool first = gi < g0;
+            const int g = (first ? gi : gi - g0) * kBN;
+            const int *cols = first ? L0.cidx : L1.cidx;
+            const int nc = first ? L0.n_cols : L1.n_cols;
+            r.start = g, r.count = min(kBN, nc - g), r.gather = 1;
+            r.who = cols_shared ? 3 : first ? 1 : 2;
+#pragma unroll
+            for (int i = 0; i < RPT; i++) {
+                const int row = tid / CH + i * (NT / CH);
+                r.key[i] = row < r.count ? __ldg(cols + g + row) : -1;
+            }
+            gi++;
+        }
+        return r;
+    };
+
+#pragma unroll
+    for (int c = tid; c < 128 * CH; c += NT) {
+        const int r = c / CH, ch = c % CH, row = m0 + r;
+        const bool ok = row < n;
+        krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
+                       ok ? 16 : 0);
+    }
+    krn_cp_async_commit();
+    TileR<RPT> r_t = next(), r_n = next();
+    if (r_t.count > 0) load_half<D, NT, RPT>(sK, r_t, k, a.kv_stride, n, tid);
+    krn_cp_async_commit();
+    uint32_t qf[D / 16][4];
+    krn_cp_async_wait<1>();
+    __syncthreads();
+    load_qf<D>(qf, sQ + wg * QB, warp, lane);
+    for (int i = tid; i < TB / 16; i += NT)
+        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sZ + i * 16), "r"(0u) : "memory");
+
+    float o[D / 2], s[32];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+    uint32_t pa[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
+    Rows rw = {-INFINITY, -INFINITY, 0.f, 0.f};
+    const int row_a = r0 + warp * 16 + (lane >> 2), row_b = row_a + 8;
+    bool pending = false; /* P_{t-1} of this warpgroup waits for its P V (else pa holds stale values) */
+    int t = 0;
+
+    for (; r_t.count > 0; t++) {
+        krn_cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        if (r_n.count > 0) load_half<D, NT, RPT>(sK + ((t + 1) & 1) * TB, r_n, k, a.kv_stride, n, tid);
+        load_half<D, NT, RPT>(sV + (t & 1) * TB, r_t, v, a.kv_stride, n, tid);
+        krn_cp_async_commit();
+        const int c_start = r_t.start, c_count = r_t.count, who = r_t.who;
+        const bool gather = r_t.gather;
+        r_t = r_n;
+        r_n = next();
+
+        const bool active = (who >> wg & 1) && r0 < n && (gather || c_start <= r0 + 63);
+        /* P V of the previous tile, or (nothing pending: stale P) of the zero tile, which adds 0. Choosing
+         * the tile rather than zeroing P keeps non-wgmma writes of P out of the pipeline (ptxas C7513). */
+        const uint32_t kt = sK + (t & 1) * TB, vt = pending ? sV + ((t - 1) & 1) * TB : sZ;
+        if (!SKIP || active) {
+            issue_s_pv<D, true>(s, o, pa, qf, 0, kt, vt);
+            finish_tile<D>(s, o, pa, rw, active, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window,
+                           lane);
+        } else if (pending) {
+            issue_pv<D>(o, pa, vt);
+        }
+        pending = active;
+    }
+    krn_cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    issue_pv<D>(o, pa, pending ? sV + ((t - 1) & 1) * TB : sZ);
+    store_rows<D>(o, rw, a, h, row_a, row_b, lane);
+#endif
+}
 
 /* Tile codes in the paired kernel's step lists: a block tile is its first key (>= 0), gather tile g
  * of a warpgroup's column list is -(g + 1); kNone: no tile for this warpgroup in this step; kShared
@@ -651,6 +790,12 @@ template <int D, bool QR> int launch_pair(const krn_attn_args *a, const krn_inde
     return launch_kern(hattn_pair_kernel<D, QR>, grid, 256, pair_smem(D, ix), a, ix, D, st, "hattn_pair_kernel", err);
 }
 
+template <int D, bool SKIP> int launch_union(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
+    const size_t smem = 1024 + (size_t)2 * 64 * D * 2 + (size_t)5 * kBN * D * 2;
+    const dim3 grid((ix->n_rb + 1) / 2, a->H);
+    return launch_kern(hattn_union_kernel<D, SKIP>, grid, 256, smem, a, ix, D, st, "hattn_union_kernel", err);
+}
+
 /* The card's opt-in shared memory per block (queried once). */
 int max_smem_optin(eng_err *err) {
     static int max_smem = 0;
@@ -700,11 +845,12 @@ extern "C" int krn_hattn_sparse(const krn_attn_args *a, const krn_index_dev *ix,
     const bool d64 = a->d == 64;
     const int max_smem = max_smem_optin(err);
     if (max_smem < 0) return -1;
-    if (cfg == 1 && pair_smem(a->d, ix) + 1024 /* static */ > (size_t)max_smem) cfg = 0; /* lists too long to pair */
+    if (cfg == 3 && pair_smem(a->d, ix) + 1024 /* static */ > (size_t)max_smem) cfg = 0; /* lists too long to pair */
     switch (cfg) {
     case 0: return d64 ? launch_pipe<64, 1, MODE_SPARSE, true>(a, ix, s, err) : launch_pipe<128, 1, MODE_SPARSE, true>(a, ix, s, err);
-    case 1: return d64 ? launch_pair<64, true>(a, ix, s, err) : launch_pair<128, true>(a, ix, s, err);
-    case 2: return d64 ? launch_pipe<64, 1, MODE_SPARSE, false>(a, ix, s, err) : launch_pipe<128, 1, MODE_SPARSE, false>(a, ix, s, err);
+    case 1: return d64 ? launch_union<64, true>(a, ix, s, err) : launch_union<128, true>(a, ix, s, err);
+    case 2: return d64 ? launch_union<64, false>(a, ix, s, err) : launch_union<128, false>(a, ix, s, err);
+    case 3: return d64 ? launch_pair<64, true>(a, ix, s, err) : launch_pair<128, true>(a, ix, s, err);
     default: return eng_err_set(err, "sparse attention: unknown wgmma configuration %d", cfg);
     }
 }
