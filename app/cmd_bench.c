@@ -42,7 +42,7 @@ static void usage(FILE *f) {
                "                  K/V tiles; 7, 8, 9: Hopper wgmma kernels: dense pipelined, 2 warpgroups\n"
                "                  sharing K/V, Q in registers / as 7, 1 warpgroup per CTA / as 7, Q from shared\n"
                "                  memory; sparse pipelined, 1 warpgroup per row block, Q in registers /\n"
-               "                  row-block pairs sharing tiles / as 7, Q from shared memory)\n"
+               "                  row-block pairs walking the union of their lists / as 7, Q from shared memory)\n"
                "  --vs-fixed C,D  one more row: vertical-slash on a fixed index of the D most local diagonals\n"
                "                  + C columns (30 sinks + random), as PERF.md's MInference figures (1000,6096);\n"
                "                  index time = our dynamic VS(C, D) build on the same inputs\n"

@@ -8,7 +8,7 @@
  * offset (dense tiles, index key blocks: causal and band masks where they reach past a row) or up to
  * 64 gathered key columns. Dense CTAs of 2 warpgroups share every K/V tile between 128 query rows;
  * sparse CTAs hold one warpgroup per 64-query index row block (hattn_pipe_kernel), or two
- * consecutive row blocks sharing the tiles their lists share (hattn_pair_kernel, a variant).
+ * consecutive row blocks sharing the tiles their lists share (hattn_union_kernel, a variant).
  *
  * Shared-memory tile layout (bytes), shared by Q, K and V: a [64][D] bf16 tile is D/64 column
  * panels of [64 rows][128 B]; 16-byte chunk c of row r sits at chunk c ^ (r & 7) (the hardware's
@@ -425,10 +425,10 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
  * hattn_pipe_kernel's loop, walking the union of their lists so that a tile both lists name is copied
  * once for both. The key blocks (both lists sorted ascending) are merged on the fly, two cursors in
  * registers; then the gathered columns: one list of tiles for both when the two column lists are
- * equal, else each warpgroup's own. A warpgroup that a tile is not for skips it (SKIP: branches around
- * its tensor work, after flushing its pending P V) or computes and discards it (!SKIP: straight-line,
- * P = 0). */
-template <int D, bool SKIP>
+ * equal, else each warpgroup's own. A warpgroup that a tile is not for computes it and discards it
+ * (P = 0): straight-line issue. Branching around its tensor work instead (flushing the pending P V
+ * first) measured 2-7% slower on the H100 (bench/RESULTS.md). */
+template <int D>
 __global__ void __launch_bounds__(256, 1)
 hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
 #if HATTN_BODY
@@ -437,7 +437,6 @@ hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const uint32_t s0 = krn_smem_u32(smem_raw);
     const uint32_t sQ = (s0 + 1023u) & ~1023u, sK = sQ + 2 * QB, sV = sK + 2 * TB;
-    const uint32_t sZ = sV + 2 * TB; /* a zero V tile: the P V of a warpgroup with no P pending reads it */
 
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
     const int n = a.n, n_rb = ix.n_rb;
@@ -453,6 +452,16 @@ hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     const __nv_bfloat16 *q = reinterpret_cast<const __nv_bfloat16 *>(a.q) + h * D;
     const __nv_bfloat16 *k = reinterpret_cast<const __nv_bfloat16 *>(a.k) + hk * D;
     const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
+
+    /* Q first: its copy overlaps the index reads below. */
+#pragma unroll
+    for (int c = tid; c < 128 * CH; c += NT) {
+        const int r = c / CH, ch = c % CH, row = m0 + r;
+        const bool ok = row < n;
+        krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
+                       ok ? 16 : 0);
+    }
+    krn_cp_async_commit();
 
     /* Are the column lists equal? (Then their gather tiles are shared.) */
     int diff = L0.n_cols != L1.n_cols;
@@ -497,14 +506,6 @@ hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
         return r;
     };
 
-#pragma unroll
-    for (int c = tid; c < 128 * CH; c += NT) {
-        const int r = c / CH, ch = c % CH, row = m0 + r;
-        const bool ok = row < n;
-        krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
-                       ok ? 16 : 0);
-    }
-    krn_cp_async_commit();
     TileR<RPT> r_t = next(), r_n = next();
     if (r_t.count > 0) load_half<D, NT, RPT>(sK, r_t, k, a.kv_stride, n, tid);
     krn_cp_async_commit();
@@ -512,8 +513,8 @@ hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     krn_cp_async_wait<1>();
     __syncthreads();
     load_qf<D>(qf, sQ + wg * QB, warp, lane);
-    for (int i = tid; i < TB / 16; i += NT)
-        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sZ + i * 16), "r"(0u) : "memory");
+    for (int i = tid; i < TB / 16; i += NT) /* V stage 1 is read with P = 0 by the first P V */
+        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sV + TB + i * 16), "r"(0u) : "memory");
 
     float o[D / 2], s[32];
 #pragma unroll
@@ -523,7 +524,6 @@ hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     for (int kk = 0; kk < 4; kk++) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
     Rows rw = {-INFINITY, -INFINITY, 0.f, 0.f};
     const int row_a = r0 + warp * 16 + (lane >> 2), row_b = row_a + 8;
-    bool pending = false; /* P_{t-1} of this warpgroup waits for its P V (else pa holds stale values) */
     int t = 0;
 
     for (; r_t.count > 0; t++) {
@@ -539,224 +539,14 @@ hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
         r_n = next();
 
         const bool active = (who >> wg & 1) && r0 < n && (gather || c_start <= r0 + 63);
-        /* P V of the previous tile, or (nothing pending: stale P) of the zero tile, which adds 0. Choosing
-         * the tile rather than zeroing P keeps non-wgmma writes of P out of the pipeline (ptxas C7513). */
-        const uint32_t kt = sK + (t & 1) * TB, vt = pending ? sV + ((t - 1) & 1) * TB : sZ;
-        if (!SKIP || active) {
-            issue_s_pv<D, true>(s, o, pa, qf, 0, kt, vt);
-            finish_tile<D>(s, o, pa, rw, active, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window,
-                           lane);
-        } else if (pending) {
-            issue_pv<D>(o, pa, vt);
-        }
-        pending = active;
-    }
-    krn_cp_async_wait<0>();
-    fence_proxy_async();
-    __syncthreads();
-    issue_pv<D>(o, pa, pending ? sV + ((t - 1) & 1) * TB : sZ);
-    store_rows<D>(o, rw, a, h, row_a, row_b, lane);
-#endif
-}
-
-/* Tile codes in the paired kernel's step lists: a block tile is its first key (>= 0), gather tile g
- * of a warpgroup's column list is -(g + 1); kNone: no tile for this warpgroup in this step; kShared
- * (second list only): both warpgroups compute the first list's tile, copied once. */
-constexpr int kNone = -0x7fffffff - 1, kShared = kNone + 1;
-
-__device__ __forceinline__ bool sorted_contains(const int *l, int cnt, int x) {
-    int lo = 0, hi = cnt;
-    while (lo < hi) {
-        const int mid = (lo + hi) >> 1;
-        if (l[mid] < x) lo = mid + 1;
-        else hi = mid;
-    }
-    return lo < cnt && l[lo] == x;
-}
-
-/* Sparse attention for two consecutive index row blocks per CTA (warpgroup w: row block 2p + w),
- * sharing what their lists share. At the start the CTA copies both block lists and column lists
- * into shared memory and builds one step list: first the key blocks both lists name (same first
- * key) and, when the column lists are equal, their gather tiles, each copied once (half the rows
- * by each warpgroup) and computed by both; then each warpgroup's own tiles, side by side in two
- * shared-memory slots (a warpgroup with fewer own tiles runs its last steps on a stale slot and
- * discards them). Everything else is hattn_pipe_kernel's loop. K/V shared memory is zeroed first
- * so that a stale slot is finite. Shared memory: Q [2][64][D], K and V [2 stages][2 slots][64][D],
- * then int lists (host: pair_smem). */
-template <int D, bool QR>
-__global__ void __launch_bounds__(256, 1)
-hattn_pair_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
-#if HATTN_BODY
-    constexpr int CH = D / 8, TB = kBN * D * 2, QB = 64 * D * 2, RP = 128 / CH /* rows per copy pass */;
-    extern __shared__ __align__(1024) unsigned char smem_raw[];
-    const uint32_t s0 = krn_smem_u32(smem_raw);
-    const uint32_t sQ = (s0 + 1023u) & ~1023u;
-    const uint32_t sK = sQ + 2 * QB, sV = sK + 4 * TB;
-    const int mbk = ix.max_blocks, mcl = ix.max_cols, msteps = 2 * mbk + 2 * ((mcl + kBN - 1) / kBN) + 2;
-    int *lA = reinterpret_cast<int *>(smem_raw + (sV + 4 * TB - s0)), *lB = lA + mbk;
-    int *cA = lB + mbk, *cB = cA + mcl;
-    int *fA = cB + mcl, *fB = fA + mbk; /* membership of each block in the other list */
-    int *st0 = fB + mbk, *st1 = st0 + msteps;
-    __shared__ int n_steps_s;
-
-    const int tid = threadIdx.x, wg = tid >> 7, t128 = tid & 127, warp = (tid >> 5) & 3, lane = tid & 31;
-    const int n = a.n, n_rb = ix.n_rb;
-    const int pb = (n_rb + 1) / 2 - 1 - (int)blockIdx.x; /* heaviest pairs first */
-    const int h = blockIdx.y, hk = h / (a.H / a.Hkv);
-    const int rb0 = 2 * pb, r0 = (rb0 + wg) * 64;
-    const bool has1 = rb0 + 1 < n_rb;
-    const size_t hr0 = (size_t)h * n_rb + rb0;
-    const int na = ix.block_count[hr0], nc0 = ix.column_count[hr0];
-    const int nb = has1 ? ix.block_count[hr0 + 1] : 0, nc1 = has1 ? ix.column_count[hr0 + 1] : 0;
-    const int sink = ix.band ? ix.band[2 * h] : 0, window = ix.band ? ix.band[2 * h + 1] : 0;
-
-    const __nv_bfloat16 *q = reinterpret_cast<const __nv_bfloat16 *>(a.q) + h * D;
-    const __nv_bfloat16 *k = reinterpret_cast<const __nv_bfloat16 *>(a.k) + hk * D;
-    const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
-
-    /* 1. Lists into shared memory; K/V tiles zeroed. */
-    for (int i = tid; i < na; i += 256) lA[i] = ix.block_offset[hr0 * mbk + i];
-    for (int i = tid; i < nb; i += 256) lB[i] = ix.block_offset[(hr0 + 1) * mbk + i];
-    for (int i = tid; i < nc0; i += 256) cA[i] = ix.column_index[hr0 * mcl + i];
-    for (int i = tid; i < nc1; i += 256) cB[i] = ix.column_index[(hr0 + 1) * mcl + i];
-    for (int i = tid; i < 8 * TB / 16; i += 256)
-        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sK + i * 16), "r"(0u) : "memory");
-    __syncthreads();
-    /* 2. Which blocks both lists name (both sorted ascending), and whether the column lists are equal. */
-    for (int i = tid; i < na; i += 256) fA[i] = sorted_contains(lB, nb, lA[i]);
-    for (int i = tid; i < nb; i += 256) fB[i] = sorted_contains(lA, na, lB[i]);
-    int eq = nc0 == nc1;
-    for (int i = tid; eq && i < nc0; i += 256) eq = cA[i] == cB[i];
-    const bool cols_shared = __syncthreads_and(eq) && nc0 > 0;
-    /* 3. The step list, by warp 0 (ballot compaction keeps list order). */
-    if (tid < 32) {
-        const unsigned lt = (1u << lane) - 1u;
-        int ns = 0;
-        for (int b = 0; b < na; b += 32) {
-            const int i = b + lane;
-            const bool p = i < na && fA[i];
-            const unsigned m = __ballot_sync(0xffffffffu, p);
-            if (p) st0[ns + __popc(m & lt)] = lA[i], st1[ns + __popc(m & lt)] = kShared;
-            ns += __popc(m);
-        }
-        const int g0 = (nc0 + kBN - 1) / kBN, g1 = (nc1 + kBN - 1) / kBN;
-        if (cols_shared) {
-            for (int g = lane; g < g0; g += 32) st0[ns + g] = -(g + 1), st1[ns + g] = kShared;
-            ns += g0;
-        }
-        int ea = 0, eb = 0; /* own tiles of each warpgroup, side by side from step ns */
-        for (int b = 0; b < na; b += 32) {
-            const int i = b + lane;
-            const bool p = i < na && !fA[i];
-            const unsigned m = __ballot_sync(0xffffffffu, p);
-            if (p) st0[ns + ea + __popc(m & lt)] = lA[i];
-            ea += __popc(m);
-        }
-        for (int b = 0; b < nb; b += 32) {
-            const int i = b + lane;
-            const bool p = i < nb && !fB[i];
-            const unsigned m = __ballot_sync(0xffffffffu, p);
-            if (p) st1[ns + eb + __popc(m & lt)] = lB[i];
-            eb += __popc(m);
-        }
-        if (!cols_shared) {
-            for (int g = lane; g < g0; g += 32) st0[ns + ea + g] = -(g + 1);
-            for (int g = lane; g < g1; g += 32) st1[ns + eb + g] = -(g + 1);
-            ea += g0;
-            eb += g1;
-        }
-        const int e = max(ea, eb);
-        for (int i = ea + lane; i < e; i += 32) st0[ns + i] = kNone;
-        for (int i = eb + lane; i < e; i += 32) st1[ns + i] = kNone;
-        if (lane == 0) n_steps_s = ns + e;
-    }
-    __syncthreads();
-    const int n_steps = n_steps_s;
-
-    /* Copies of step t's K or V tiles into a stage (slot w at base + w * TB). Shared steps: each
-     * warpgroup copies 32 of the 64 rows into slot 0; own steps: each its own tile into its slot. */
-    auto copy_step = [&](int t, uint32_t base, const __nv_bfloat16 *src) {
-        const int c0 = st0[t], c1 = st1[t];
-        const bool shared = c1 == kShared;
-        const int code = shared || wg == 0 ? c0 : c1;
-        if (code == kNone) return;
-        const int *cols = shared || wg == 0 ? cA : cB;
-        const int nc = shared || wg == 0 ? nc0 : nc1;
-        const uint32_t dst = base + (shared ? 0 : wg * TB);
-        const int ch = t128 % CH, rbase = t128 / CH + (shared ? 32 * wg : 0), passes = shared ? 32 / RP : 64 / RP;
-#pragma unroll
-        for (int i = 0; i < 64 / RP; i++) {
-            if (i < passes) {
-                const int r = rbase + i * RP;
-                int key;
-                bool ok;
-                if (code >= 0) {
-                    key = code + r;
-                    ok = key < n;
-                } else {
-                    const int idx = (-code - 1) * kBN + r;
-                    ok = idx < nc;
-                    key = ok ? cols[idx] : 0;
-                }
-                krn_cp_async16(dst + sw128(r, ch), src + (ok ? (size_t)key * a.kv_stride + ch * 8 : 0), ok ? 16 : 0);
-            }
-        }
-    };
-
-    /* Q (both row blocks) and step 0's K tiles. */
-#pragma unroll
-    for (int c = tid; c < 128 * CH; c += 256) {
-        const int r = c / CH, ch = c % CH, row = rb0 * 64 + r;
-        const bool ok = row < n;
-        krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
-                       ok ? 16 : 0);
-    }
-    krn_cp_async_commit();
-    if (n_steps > 0) copy_step(0, sK, k);
-    krn_cp_async_commit();
-    uint32_t qf[D / 16][4];
-    if (QR) {
-        krn_cp_async_wait<1>();
-        __syncthreads();
-        load_qf<D>(qf, sQ + wg * QB, warp, lane);
-    }
-
-    float o[D / 2], s[32];
-#pragma unroll
-    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
-    uint32_t pa[4][4];
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
-    Rows rw = {-INFINITY, -INFINITY, 0.f, 0.f};
-    const int row_a = r0 + warp * 16 + (lane >> 2), row_b = row_a + 8;
-    const uint32_t sQw = sQ + wg * QB;
-    int prev_slot = 0;
-
-    for (int t = 0; t < n_steps; t++) {
-        krn_cp_async_wait<0>();
-        fence_proxy_async();
-        __syncthreads();
-        if (t + 1 < n_steps) copy_step(t + 1, sK + ((t + 1) & 1) * 2 * TB, k);
-        copy_step(t, sV + (t & 1) * 2 * TB, v);
-        krn_cp_async_commit();
-
-        const int c0 = st0[t], c1 = st1[t];
-        const bool shared = c1 == kShared;
-        const int code = shared || wg == 0 ? c0 : c1;
-        const int slot = shared ? 0 : wg;
-        const bool gather = code < 0 && code != kNone;
-        const int nc = shared || wg == 0 ? nc0 : nc1;
-        const int c_start = code >= 0 ? code : 0;
-        const int c_count = gather ? min(kBN, nc - (-code - 1) * kBN) : kBN;
-        const bool active = code != kNone && r0 < n && (gather || c_start <= r0 + 63);
-        issue_s_pv<D, QR>(s, o, pa, qf, sQw, sK + (t & 1) * 2 * TB + slot * TB, sV + ((t - 1) & 1) * 2 * TB + prev_slot * TB);
-        prev_slot = slot;
+        const uint32_t kt = sK + (t & 1) * TB, vt = sV + ((t - 1) & 1) * TB;
+        issue_s_pv<D, true>(s, o, pa, qf, 0, kt, vt);
         finish_tile<D>(s, o, pa, rw, active, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window, lane);
     }
     krn_cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
-    issue_pv<D>(o, pa, sV + ((n_steps - 1) & 1) * 2 * TB + prev_slot * TB);
+    issue_pv<D>(o, pa, sV + ((t - 1) & 1) * TB);
     store_rows<D>(o, rw, a, h, row_a, row_b, lane);
 #endif
 }
@@ -779,32 +569,10 @@ int launch_pipe(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st
     return launch_kern(hattn_pipe_kernel<D, NWG, MODE, QR>, grid, NWG * 128, smem, a, ix, D, st, "hattn_pipe_kernel", err);
 }
 
-/* Shared memory of hattn_pair_kernel for an index's capacities (bytes). */
-size_t pair_smem(int D, const krn_index_dev *ix) {
-    const size_t mb = ix->max_blocks, mc = ix->max_cols, ms = 2 * mb + 2 * ((mc + kBN - 1) / kBN) + 2;
-    return 1024 + 2 * (size_t)64 * D * 2 + 8 * (size_t)kBN * D * 2 + 4 * (4 * mb + 2 * mc + 2 * ms);
-}
-
-template <int D, bool QR> int launch_pair(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
+template <int D> int launch_union(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
+    const size_t smem = 1024 + (size_t)2 * 64 * D * 2 + (size_t)4 * kBN * D * 2;
     const dim3 grid((ix->n_rb + 1) / 2, a->H);
-    return launch_kern(hattn_pair_kernel<D, QR>, grid, 256, pair_smem(D, ix), a, ix, D, st, "hattn_pair_kernel", err);
-}
-
-template <int D, bool SKIP> int launch_union(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
-    const size_t smem = 1024 + (size_t)2 * 64 * D * 2 + (size_t)5 * kBN * D * 2;
-    const dim3 grid((ix->n_rb + 1) / 2, a->H);
-    return launch_kern(hattn_union_kernel<D, SKIP>, grid, 256, smem, a, ix, D, st, "hattn_union_kernel", err);
-}
-
-/* The card's opt-in shared memory per block (queried once). */
-int max_smem_optin(eng_err *err) {
-    static int max_smem = 0;
-    if (!max_smem) {
-        int dev = 0;
-        CUDA_RET(cudaGetDevice(&dev));
-        CUDA_RET(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    }
-    return max_smem;
+    return launch_kern(hattn_union_kernel<D>, grid, 256, smem, a, ix, D, st, "hattn_union_kernel", err);
 }
 
 } /* namespace */
@@ -843,14 +611,10 @@ extern "C" int krn_hattn_sparse(const krn_attn_args *a, const krn_index_dev *ix,
     if (!krn_hattn_available())
         return eng_err_set(err, "sparse attention: the wgmma kernels need an sm_90 card and a build for sm_90a");
     const bool d64 = a->d == 64;
-    const int max_smem = max_smem_optin(err);
-    if (max_smem < 0) return -1;
-    if (cfg == 3 && pair_smem(a->d, ix) + 1024 /* static */ > (size_t)max_smem) cfg = 0; /* lists too long to pair */
     switch (cfg) {
     case 0: return d64 ? launch_pipe<64, 1, MODE_SPARSE, true>(a, ix, s, err) : launch_pipe<128, 1, MODE_SPARSE, true>(a, ix, s, err);
-    case 1: return d64 ? launch_union<64, true>(a, ix, s, err) : launch_union<128, true>(a, ix, s, err);
-    case 2: return d64 ? launch_union<64, false>(a, ix, s, err) : launch_union<128, false>(a, ix, s, err);
-    case 3: return d64 ? launch_pair<64, true>(a, ix, s, err) : launch_pair<128, true>(a, ix, s, err);
+    case 1: return d64 ? launch_union<64>(a, ix, s, err) : launch_union<128>(a, ix, s, err);
+    case 2: return d64 ? launch_pipe<64, 1, MODE_SPARSE, false>(a, ix, s, err) : launch_pipe<128, 1, MODE_SPARSE, false>(a, ix, s, err);
     default: return eng_err_set(err, "sparse attention: unknown wgmma configuration %d", cfg);
     }
 }

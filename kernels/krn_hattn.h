@@ -17,9 +17,9 @@ int krn_hattn_available(void);
 /* cfg picks the kernel. Dense: 0 = pipelined (S_t and P_{t-1} V_{t-1} back to back, softmax
  * overlapping the second), 2 warpgroups x 64 rows sharing each K/V tile, Q in registers; 1 = as 0
  * with one warpgroup per CTA (64 rows, no sharing: the sparse kernel's shape); 2 = as 0 with Q read
- * from shared memory by every S. Sparse: 0 = pipelined, 1 warpgroup per row block, Q in registers; 1 = pipelined,
- * two consecutive row blocks per CTA copying the tiles their lists share once (0 when the index's
- * capacities need more shared memory than the card has); 2 = as 0 with Q from shared memory.
+ * from shared memory by every S. Sparse: 0 = pipelined, 1 warpgroup per row block, Q in registers;
+ * 1 = pipelined, two consecutive row blocks per CTA walking the union of their (sorted) lists, each
+ * tile copied once for both; 2 = as 0 with Q from shared memory.
  * Shapes and semantics: krn_attn.h. */
 int krn_hattn_dense(const krn_attn_args *a, int cfg, cudaStream_t s, eng_err *err);
 int krn_hattn_sparse(const krn_attn_args *a, const krn_index_dev *ix, int cfg, cudaStream_t s, eng_err *err);
