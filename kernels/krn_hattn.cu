@@ -8,7 +8,7 @@
  * offset (dense tiles, index key blocks: causal and band masks where they reach past a row) or up to
  * 64 gathered key columns. Dense CTAs of 2 warpgroups share every K/V tile between 128 query rows;
  * sparse CTAs hold one warpgroup per 64-query index row block (hattn_pipe_kernel), or two
- * consecutive row blocks sharing the tiles their lists share (MODE_PAIR, a variant).
+ * consecutive row blocks sharing the tiles their lists share (hattn_union_kernel, a variant).
  *
  * Shared-memory tile layout (bytes), shared by Q, K and V: a [64][D] bf16 tile is D/64 column
  * panels of [64 rows][128 B]; 16-byte chunk c of row r sits at chunk c ^ (r & 7) (the hardware's
@@ -38,9 +38,7 @@ constexpr int kPanel = 64 * 128; /* bytes in one [64 rows][64 cols] bf16 panel *
 /* V as the MN-major B of P V: leading byte offset = between 64-column panels, stride = between 8-key groups. */
 constexpr uint32_t kVLbo = kPanel, kVSbo = 1024;
 
-/* DENSE: causal, every 64-key block; SPARSE: one index row block per warpgroup; PAIR: two consecutive
- * index row blocks per CTA (2 warpgroups), walking the union of their lists. */
-enum { MODE_DENSE = 0, MODE_SPARSE = 1, MODE_PAIR = 2 };
+enum { MODE_DENSE = 0, MODE_SPARSE = 1 };
 
 /* Byte offset of 16-byte chunk ch (0 .. D/8-1) of row r (0..63) in a swizzled [64][D] tile. */
 __device__ __forceinline__ uint32_t sw128(int r, int ch) {
@@ -289,7 +287,7 @@ __device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)
  * that no index read sits between a barrier and the copies it feeds. */
 template <int RPT> struct TileR {
     int start, count, gather;
-    int who; /* bit w set: warpgroup w's row block lists this tile (MODE_PAIR; 3 otherwise) */
+    int who; /* hattn_union_kernel: bit w set = warpgroup w's row block lists this tile */
     int key[RPT];
 };
 
@@ -312,17 +310,13 @@ __device__ __forceinline__ void load_half(uint32_t dst, const TileR<RPT> &t, con
 /* The pipelined kernel (FA3's intra-warpgroup overlap): iteration t issues S_t = Q K_t^T and then
  * O += P_{t-1} V_{t-1} back to back on the tensor cores, runs the softmax of S_t while the second is in
  * flight, waits for it, rescales O and packs P_t. V therefore lags K by one tile: each iteration
- * copies K_{t+1} and V_t (two stages each), a whole iteration ahead of their use. In MODE_PAIR a
- * warpgroup that a tile is not for computes it and discards it (P = 0), keeping the issue
- * straight-line; branching around its tensor work instead (flushing the pending P V first) measured
- * 2-7% slower on the H100 (bench/RESULTS.md). */
+ * copies K_{t+1} and V_t (two stages each), a whole iteration ahead of their use. */
 template <int D, int NWG, int MODE, bool QR>
 __global__ void __launch_bounds__(NWG * 128, NWG == 1 ? 2 : 1)
 hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
 #if HATTN_BODY
-    static_assert(MODE != MODE_PAIR || (NWG == 2 && QR), "PAIR: two warpgroups, Q in registers");
     constexpr int NT = NWG * 128, CH = D / 8, TB = kBN * D * 2 /* bytes per K or V tile */, QB = 64 * D * 2;
-    constexpr int BM = 64 * NWG, RPT = kBN * CH / NT, kEnd = 0x7fffffff;
+    constexpr int BM = 64 * NWG, RPT = kBN * CH / NT;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const uint32_t s0 = krn_smem_u32(smem_raw);
     const uint32_t sQ = (s0 + 1023u) & ~1023u; /* [NWG][64][D] */
@@ -340,7 +334,31 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     const __nv_bfloat16 *k = reinterpret_cast<const __nv_bfloat16 *>(a.k) + hk * D;
     const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
 
-    /* Q rows (past n zero-filled) first: the copy overlaps the index reads below. */
+    const krn_tiles tls = krn_tiles_of<MODE == MODE_DENSE>(ix, h, mb, min(m0 + BM, n) - 1);
+    const int n_blocks = tls.n_blocks, n_tiles = tls.n_tiles, n_cols = tls.n_cols, sink = tls.sink, window = tls.window;
+    const int *boff = tls.boff, *cidx = tls.cidx;
+    auto resolve = [&](int t) {
+        TileR<RPT> r;
+        r.start = 0, r.count = 0, r.gather = 0;
+        if (t >= n_tiles) return r;
+        if (MODE == MODE_DENSE || t < n_blocks) {
+            r.start = MODE == MODE_DENSE ? t * kBN : __ldg(boff + t);
+            r.count = kBN;
+        } else {
+            const int g = (t - n_blocks) * kBN;
+            r.start = g;
+            r.count = min(kBN, n_cols - g);
+            r.gather = 1;
+#pragma unroll
+            for (int i = 0; i < RPT; i++) {
+                const int row = tid / CH + i * (NT / CH);
+                r.key[i] = row < r.count ? __ldg(cidx + g + row) : -1;
+            }
+        }
+        return r;
+    };
+
+    /* Q rows (past n zero-filled) and K_0 as the first copy group. */
 #pragma unroll
     for (int c = tid; c < BM * CH; c += NT) {
         const int r = c / CH, ch = c % CH, row = m0 + r;
@@ -349,73 +367,8 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
                        ok ? 16 : 0);
     }
     krn_cp_async_commit();
-
-    /* The tile sequence, produced in order by next(). DENSE / SPARSE: the row block's list (the
-     * PAIR mode's first list, L0). PAIR: the two sorted block lists merged with two cursors (a start
-     * both name is one tile for both), then the gathered columns: one set of tiles for both when the
-     * column lists are equal, else row block 0's then row block 1's. */
-    const krn_tiles L0 = krn_tiles_of<MODE == MODE_DENSE>(ix, h, MODE == MODE_PAIR ? 2 * mb : mb, min(m0 + BM, n) - 1);
-    krn_tiles L1 = {0, 0, 0, 0, 0, nullptr, nullptr};
-    bool cols_shared = true;
-    if (MODE == MODE_PAIR) {
-        if (2 * mb + 1 < ix.n_rb) L1 = krn_tiles_of<false>(ix, h, 2 * mb + 1, 0);
-        int diff = L0.n_cols != L1.n_cols;
-        for (int i = tid; !diff && i < L0.n_cols; i += NT) diff = __ldg(L0.cidx + i) != __ldg(L1.cidx + i);
-        cols_shared = !__syncthreads_or(diff);
-    }
-    const int sink = L0.sink, window = L0.window, g0 = (L0.n_cols + kBN - 1) / kBN;
-    const int n_gather = cols_shared ? g0 : g0 + (L1.n_cols + kBN - 1) / kBN;
-    int tn = 0, ia = 0, ib = 0, gi = 0; /* next tile (DENSE/SPARSE); PAIR cursors */
-    int va = kEnd, vb = kEnd;
-    if (MODE == MODE_PAIR) {
-        va = L0.n_blocks > 0 ? __ldg(L0.boff) : kEnd;
-        vb = L1.n_blocks > 0 ? __ldg(L1.boff) : kEnd;
-    }
-    auto next = [&]() {
-        TileR<RPT> r;
-        r.start = 0, r.count = 0, r.gather = 0, r.who = 3;
-        const int *cols = L0.cidx;
-        int nc = L0.n_cols;
-        if (MODE != MODE_PAIR) {
-            const int t = tn++;
-            if (t >= L0.n_tiles) return r;
-            if (MODE == MODE_DENSE || t < L0.n_blocks) {
-                r.start = MODE == MODE_DENSE ? t * kBN : __ldg(L0.boff + t);
-                r.count = kBN;
-                return r;
-            }
-            r.start = (t - L0.n_blocks) * kBN;
-        } else if (va != kEnd || vb != kEnd) {
-            r.count = kBN;
-            if (va <= vb) {
-                r.start = va, r.who = va == vb ? 3 : 1;
-                if (va == vb) vb = ++ib < L1.n_blocks ? __ldg(L1.boff + ib) : kEnd;
-                va = ++ia < L0.n_blocks ? __ldg(L0.boff + ia) : kEnd;
-            } else {
-                r.start = vb, r.who = 2;
-                vb = ++ib < L1.n_blocks ? __ldg(L1.boff + ib) : kEnd;
-            }
-            return r;
-        } else {
-            if (gi >= n_gather) return r;
-            const bool first = gi < g0;
-            r.start = (first ? gi : gi - g0) * kBN;
-            r.who = cols_shared ? 3 : first ? 1 : 2;
-            if (!first) cols = L1.cidx, nc = L1.n_cols;
-            gi++;
-        }
-        r.count = min(kBN, nc - r.start);
-        r.gather = 1;
-#pragma unroll
-        for (int i = 0; i < RPT; i++) {
-            const int row = tid / CH + i * (NT / CH);
-            r.key[i] = row < r.count ? __ldg(cols + r.start + row) : -1;
-        }
-        return r;
-    };
-
-    TileR<RPT> r_t = next(), r_n = next(); /* tile t (V copy now) and t + 1 (K copy now) */
-    if (r_t.count > 0) load_half<D, NT, RPT>(sK, r_t, k, a.kv_stride, n, tid);
+    TileR<RPT> r_t = resolve(0), r_n = resolve(1); /* tile t (V copy now) and t + 1 (K copy now) */
+    if (n_tiles > 0) load_half<D, NT, RPT>(sK, r_t, k, a.kv_stride, n, tid);
     krn_cp_async_commit();
     uint32_t qf[D / 16][4];
     if (QR) {
@@ -438,21 +391,19 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     const int row_a = r0 + warp * 16 + (lane >> 2), row_b = row_a + 8;
     const uint32_t sQw = sQ + wg * QB;
 
-    int t = 0;
-    for (; r_t.count > 0; t++) {
+    for (int t = 0; t < n_tiles; t++) {
         krn_cp_async_wait<0>(); /* K_t and V_{t-1} (this thread's copies) */
         fence_proxy_async();
         __syncthreads(); /* everyone's copies; S_{t-1} and P_{t-2} V_{t-2} are done everywhere */
-        if (r_n.count > 0) load_half<D, NT, RPT>(sK + ((t + 1) & 1) * TB, r_n, k, a.kv_stride, n, tid);
+        if (t + 1 < n_tiles) load_half<D, NT, RPT>(sK + ((t + 1) & 1) * TB, r_n, k, a.kv_stride, n, tid);
         load_half<D, NT, RPT>(sV + (t & 1) * TB, r_t, v, a.kv_stride, n, tid);
         krn_cp_async_commit();
-        const int c_start = r_t.start, c_count = r_t.count, who = r_t.who;
+        const int c_start = r_t.start, c_count = r_t.count;
         const bool gather = r_t.gather;
         r_t = r_n;
-        r_n = next();
+        r_n = resolve(t + 2);
 
-        /* Some row of this warpgroup sees the tile (and, PAIR, its row block lists it). */
-        const bool active = (who >> wg & 1) && r0 < n && (gather || c_start <= r0 + 63);
+        const bool active = r0 < n && (gather || c_start <= r0 + 63); /* some row of this warpgroup sees it */
         /* Straight-line issue (no branch between fence, MMAs, commits and waits: ptxas serialises
          * wgmma it cannot follow). A warpgroup that has nothing in tile t still runs S_t and
          * discards it; P_{t-1} is zero after such a tile (and before the first), so its P V adds 0. */
@@ -464,11 +415,141 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     krn_cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
-    issue_pv<D>(o, pa, sV + ((t - 1) & 1) * TB);
+    issue_pv<D>(o, pa, sV + ((n_tiles - 1) & 1) * TB);
     store_rows<D>(o, rw, a, h, row_a, row_b, lane);
 #endif
 }
 
+
+/* Sparse attention for two consecutive index row blocks per CTA (warpgroup w: row block 2p + w) on
+ * hattn_pipe_kernel's loop, walking the union of their lists so that a tile both lists name is copied
+ * once for both. The key blocks (both lists sorted ascending) are merged on the fly, two cursors in
+ * registers; then the gathered columns: one list of tiles for both when the two column lists are
+ * equal, else each warpgroup's own. A warpgroup that a tile is not for computes it and discards it
+ * (P = 0): straight-line issue. Branching around its tensor work instead (flushing the pending P V
+ * first) measured 2-7% slower on the H100 (bench/RESULTS.md). */
+template <int D>
+__global__ void __launch_bounds__(256, 1)
+hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
+#if HATTN_BODY
+    constexpr int NT = 256, CH = D / 8, TB = kBN * D * 2, QB = 64 * D * 2, RPT = kBN * CH / NT;
+    constexpr int kEnd = 0x7fffffff;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const uint32_t s0 = krn_smem_u32(smem_raw);
+    const uint32_t sQ = (s0 + 1023u) & ~1023u, sK = sQ + 2 * QB, sV = sK + 2 * TB;
+
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+    const int n = a.n, n_rb = ix.n_rb;
+    const int pb = (n_rb + 1) / 2 - 1 - (int)blockIdx.x; /* heaviest pairs first */
+    const int h = blockIdx.y, hk = h / (a.H / a.Hkv);
+    const int m0 = 2 * pb * 64, r0 = m0 + wg * 64;
+    const bool has1 = 2 * pb + 1 < n_rb;
+    const krn_tiles L0 = krn_tiles_of<false>(ix, h, 2 * pb, 0);
+    krn_tiles L1 = {0, 0, 0, 0, 0, nullptr, nullptr};
+    if (has1) L1 = krn_tiles_of<false>(ix, h, 2 * pb + 1, 0);
+    const int sink = L0.sink, window = L0.window;
+
+    const __nv_bfloat16 *q = reinterpret_cast<const __nv_bfloat16 *>(a.q) + h * D;
+    const __nv_bfloat16 *k = reinterpret_cast<const __nv_bfloat16 *>(a.k) + hk * D;
+    const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
+
+    /* Q first: its copy overlaps the index reads below. */
+#pragma unroll
+    for (int c = tid; c < 128 * CH; c += NT) {
+        const int r = c / CH, ch = c % CH, row = m0 + r;
+        const bool ok = row < n;
+        krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
+                       ok ? 16 : 0);
+    }
+    krn_cp_async_commit();
+
+    /* Are the column lists equal? (Then their gather tiles are shared.) */
+    int diff = L0.n_cols != L1.n_cols;
+    for (int i = tid; !diff && i < L0.n_cols; i += NT) diff = __ldg(L0.cidx + i) != __ldg(L1.cidx + i);
+    const bool cols_shared = !__syncthreads_or(diff);
+    const int g0 = (L0.n_cols + kBN - 1) / kBN, g1 = (L1.n_cols + kBN - 1) / kBN;
+
+    /* The tile sequence: merged blocks, then gather tiles (shared, or g0 of warpgroup 0 then g1 of 1). */
+    int ia = 0, ib = 0, gi = 0;
+    int va = L0.n_blocks > 0 ? __ldg(L0.boff) : kEnd, vb = L1.n_blocks > 0 ? __ldg(L1.boff) : kEnd;
+    const int n_gather = cols_shared ? g0 : g0 + g1;
+    auto next = [&]() {
+        TileR<RPT> r;
+        r.start = 0, r.count = 0, r.gather = 0, r.who = 0;
+        if (va != kEnd || vb != kEnd) {
+            r.count = kBN;
+            if (va <= vb) {
+                r.start = va, r.who = 1;
+                if (va == vb) {
+                    r.who = 3;
+                    vb = ++ib < L1.n_blocks ? __ldg(L1.boff + ib) : kEnd;
+                }
+                va = ++ia < L0.n_blocks ? __ldg(L0.boff + ia) : kEnd;
+            } else {
+                r.start = vb, r.who = 2;
+                vb = ++ib < L1.n_blocks ? __ldg(L1.boff + ib) : kEnd;
+            }
+        } else if (gi < n_gather) {
+            const bool first = gi < g0;
+            const int g = (first ? gi : gi - g0) * kBN;
+            const int *cols = first ? L0.cidx : L1.cidx;
+            const int nc = first ? L0.n_cols : L1.n_cols;
+            r.start = g, r.count = min(kBN, nc - g), r.gather = 1;
+            r.who = cols_shared ? 3 : first ? 1 : 2;
+#pragma unroll
+            for (int i = 0; i < RPT; i++) {
+                const int row = tid / CH + i * (NT / CH);
+                r.key[i] = row < r.count ? __ldg(cols + g + row) : -1;
+            }
+            gi++;
+        }
+        return r;
+    };
+
+    TileR<RPT> r_t = next(), r_n = next();
+    if (r_t.count > 0) load_half<D, NT, RPT>(sK, r_t, k, a.kv_stride, n, tid);
+    krn_cp_async_commit();
+    uint32_t qf[D / 16][4];
+    krn_cp_async_wait<1>();
+    __syncthreads();
+    load_qf<D>(qf, sQ + wg * QB, warp, lane);
+    for (int i = tid; i < TB / 16; i += NT) /* V stage 1 is read with P = 0 by the first P V */
+        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sV + TB + i * 16), "r"(0u) : "memory");
+
+    float o[D / 2], s[32];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+    uint32_t pa[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
+    Rows rw = {-INFINITY, -INFINITY, 0.f, 0.f};
+    const int row_a = r0 + warp * 16 + (lane >> 2), row_b = row_a + 8;
+    int t = 0;
+
+    for (; r_t.count > 0; t++) {
+        krn_cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        if (r_n.count > 0) load_half<D, NT, RPT>(sK + ((t + 1) & 1) * TB, r_n, k, a.kv_stride, n, tid);
+        load_half<D, NT, RPT>(sV + (t & 1) * TB, r_t, v, a.kv_stride, n, tid);
+        krn_cp_async_commit();
+        const int c_start = r_t.start, c_count = r_t.count, who = r_t.who;
+        const bool gather = r_t.gather;
+        r_t = r_n;
+        r_n = next();
+
+        const bool active = (who >> wg & 1) && r0 < n && (gather || c_start <= r0 + 63);
+        const uint32_t kt = sK + (t & 1) * TB, vt = sV + ((t - 1) & 1) * TB;
+        issue_s_pv<D, true>(s, o, pa, qf, 0, kt, vt);
+        finish_tile<D>(s, o, pa, rw, active, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window, lane);
+    }
+    krn_cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    issue_pv<D>(o, pa, sV + ((t - 1) & 1) * TB);
+    store_rows<D>(o, rw, a, h, row_a, row_b, lane);
+#endif
+}
 
 /* Raise the kernel's dynamic shared-memory limit and launch it on grid x (128 * NWG) threads. */
 template <typename K>
@@ -486,6 +567,12 @@ int launch_pipe(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st
     const size_t smem = 1024 + (size_t)NWG * 64 * D * 2 + (size_t)4 * kBN * D * 2;
     const dim3 grid((a->n + 64 * NWG - 1) / (64 * NWG), a->H);
     return launch_kern(hattn_pipe_kernel<D, NWG, MODE, QR>, grid, NWG * 128, smem, a, ix, D, st, "hattn_pipe_kernel", err);
+}
+
+template <int D> int launch_union(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
+    const size_t smem = 1024 + (size_t)2 * 64 * D * 2 + (size_t)4 * kBN * D * 2;
+    const dim3 grid((ix->n_rb + 1) / 2, a->H);
+    return launch_kern(hattn_union_kernel<D>, grid, 256, smem, a, ix, D, st, "hattn_union_kernel", err);
 }
 
 } /* namespace */
@@ -526,7 +613,7 @@ extern "C" int krn_hattn_sparse(const krn_attn_args *a, const krn_index_dev *ix,
     const bool d64 = a->d == 64;
     switch (cfg) {
     case 0: return d64 ? launch_pipe<64, 1, MODE_SPARSE, true>(a, ix, s, err) : launch_pipe<128, 1, MODE_SPARSE, true>(a, ix, s, err);
-    case 1: return d64 ? launch_pipe<64, 2, MODE_PAIR, true>(a, ix, s, err) : launch_pipe<128, 2, MODE_PAIR, true>(a, ix, s, err);
+    case 1: return d64 ? launch_union<64>(a, ix, s, err) : launch_union<128>(a, ix, s, err);
     case 2: return d64 ? launch_pipe<64, 1, MODE_SPARSE, false>(a, ix, s, err) : launch_pipe<128, 1, MODE_SPARSE, false>(a, ix, s, err);
     default: return eng_err_set(err, "sparse attention: unknown wgmma configuration %d", cfg);
     }
