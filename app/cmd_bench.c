@@ -16,7 +16,7 @@
 
 static void usage(FILE *f) {
     fprintf(f, "usage: attnscope bench [--n N,N,...] [--heads H] [--kv-heads K] [--dim D] [--reps R]\n"
-               "                       [--patterns LIST] [--vs V,S] [--bs K] [--ashape I,L] [--variant 0-9]\n"
+               "                       [--patterns LIST] [--vs V,S] [--bs K] [--ashape I,L] [--variant 0-10]\n"
                "                       [--vs-fixed C,D] [--synthetic MODEL] [--json OUT]\n\n"
                "Kernel-level attention benchmark on the GPU (random bf16 Q/K/V, causal): the dense kernel\n"
                "vs each sparse pattern through the index-driven kernel, index building included; medians\n"
@@ -42,7 +42,8 @@ static void usage(FILE *f) {
                "                  K/V tiles; 7, 8, 9: Hopper wgmma kernels: dense pipelined, 2 warpgroups\n"
                "                  sharing K/V, Q in registers / as 7, 1 warpgroup per CTA / as 7, Q from shared\n"
                "                  memory; sparse pipelined, 1 warpgroup per row block, Q in registers /\n"
-               "                  row-block pairs walking the union of their lists / as 7, Q from shared memory)\n"
+               "                  row-block pairs walking the union of their lists / as 7, Q from shared memory;\n"
+               "                  10: sparse head pairs of a KV group sharing tiles)\n"
                "  --vs-fixed C,D  one more row: vertical-slash on a fixed index of the D most local diagonals\n"
                "                  + C columns (30 sinks + random), as PERF.md's MInference figures (1000,6096);\n"
                "                  index time = our dynamic VS(C, D) build on the same inputs\n"
@@ -195,7 +196,7 @@ int cmd_bench(int argc, char **argv) {
         case 'v': vs = optarg; break;
         case 'b': if (cli_parse_int("bench", "--bs", optarg, 1, 1 << 20, &bs)) return 2; break;
         case 'a': ash = optarg; break;
-        case 'V': if (cli_parse_int("bench", "--variant", optarg, 0, 9, &variant)) return 2; break;
+        case 'V': if (cli_parse_int("bench", "--variant", optarg, 0, 10, &variant)) return 2; break;
         case 'j': json = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;

@@ -863,6 +863,7 @@ extern "C" int krn_attn_dense(const krn_attn_args *a, int variant, cudaStream_t 
     case 1: return d64 ? launch<64, 4, MODE_DENSE>(a, nullptr, s, err) : launch<128, 4, MODE_DENSE>(a, nullptr, s, err);
     case 2: return d64 ? launch<64, 8, MODE_DENSE>(a, nullptr, s, err) : launch<128, 8, MODE_DENSE>(a, nullptr, s, err);
     case 3: return d64 ? launch2<64, 4, 2, 2, MODE_DENSE>(a, nullptr, s, err) : launch2<128, 4, 2, 2, MODE_DENSE>(a, nullptr, s, err);
+    case 10: return krn_hattn_dense(a, 0, s, err); /* a sparse-only wgmma configuration */
     case 4: /* the sparse pair kernels' variants; dense runs variant 0 (its rows measure run-to-run spread) */
     case 5:
         return d64 ? launch2<64, 4, 2, 1, MODE_DENSE>(a, nullptr, s, err) : launch2<128, 4, 2, 1, MODE_DENSE>(a, nullptr, s, err);
@@ -878,12 +879,16 @@ extern "C" int krn_attn_sparse_variant(const krn_attn_args *a, const krn_index_d
     if (ix->n != a->n || ix->n_rb != (a->n + 63) / 64)
         return eng_err_set(err, "sparse attention: index built for n = %d, attention has n = %d", ix->n, a->n);
     const bool d64 = a->d == 64;
-    if (variant == 0) variant = krn_hattn_available() ? 7 : 6;
+    if (variant == 0) {
+        if (krn_hattn_available()) return krn_hattn_sparse_auto(a, ix, s, err);
+        variant = 6;
+    }
     switch (variant) {
     case 6: return d64 ? launch_pair<64, 1>(a, ix, s, err) : launch_pair<128, 1>(a, ix, s, err);
     case 7:
     case 8:
-    case 9: return krn_hattn_sparse(a, ix, variant - 7, s, err);
+    case 9:
+    case 10: return krn_hattn_sparse(a, ix, variant - 7, s, err);
     case 1:
     case 2: return d64 ? launch<64, 4, MODE_SPARSE>(a, ix, s, err) : launch<128, 4, MODE_SPARSE>(a, ix, s, err);
     case 3: return d64 ? launch2<64, 2, 2, 1, MODE_SPARSE, 1>(a, ix, s, err) : launch2<128, 2, 2, 1, MODE_SPARSE, 1>(a, ix, s, err);

@@ -37,7 +37,8 @@ typedef struct {
 } krn_index_dev;
 
 /* Kernel variants, all the same function, kept so old and new can be timed in one run:
- * 0 = default: 7 where krn_hattn_available() (an sm_90 card and an sm_90a build), else 6;
+ * 0 = default: where krn_hattn_available() (an sm_90 card and an sm_90a build) dense 7 and sparse
+ *     krn_hattn_sparse_auto (10 where head pairs name nearly the same blocks, else 7), else 6;
  * 1 = first mma.sync kernel, 64-query tiles, 4 warps (16 rows per warp);
  * 2 = first kernel, dense: 128-query tiles, 8 warps; sparse: as 1;
  * 3 = FA2 tiling, dense: K/V double-buffered; sparse: as 6 plus gather indexes prefetched into
@@ -50,8 +51,9 @@ typedef struct {
  *     CTA per two consecutive 64-query row blocks, loading the K/V tiles both index lists name
  *     once for both (blocks with the same start; gather tiles when the column lists are equal);
  * 7, 8, 9 = the Hopper wgmma kernels (krn_hattn.h) in configurations 0, 1, 2 (7: pipelined, Q in
- *     registers; dense 2 warpgroups sharing K/V, sparse 1 warpgroup per row block). */
-#define KRN_ATTN_VARIANTS 10
+ *     registers; dense 2 warpgroups sharing K/V, sparse 1 warpgroup per row block);
+ * 10 = sparse: wgmma configuration 3 (head pairs of a KV group sharing tiles); dense: as 7. */
+#define KRN_ATTN_VARIANTS 11
 
 /* Dense causal attention; variant as above (0 unless benchmarking). */
 int krn_attn_dense(const krn_attn_args *a, int variant, cudaStream_t s, eng_err *err);

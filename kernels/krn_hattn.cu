@@ -23,6 +23,8 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include <type_traits>
+
 /* Device passes for targets without wgmma compile the kernels empty; the host never launches them
  * there (krn_hattn_available). */
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -221,7 +223,7 @@ __device__ __forceinline__ void store_rows(const float (&o)[D / 2], Rows rw, con
 }
 
 /* S = Q K^T (64 x 64, D/16 k-steps) then O += P V (4 k-steps) issued back to back as two commit
- * groups, and a wait for the first. Q from registers (QR: qf, loaded once; saves the shared-memory
+ * groups (wait_s waits for the first). Q from registers (QR: qf, loaded once; saves the shared-memory
  * bandwidth of re-reading Q for every tile) or from shared memory (sq). Straight-line on purpose:
  * ptxas serialises wgmma across branches. */
 template <int D, bool QR>
@@ -241,6 +243,10 @@ __device__ __forceinline__ void issue_s_pv(float (&s)[32], float (&o)[D / 2], co
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) wgmma_pv<D>(o, pa[kk], gdesc(vt + kk * 2048, kVLbo, kVSbo));
     wgmma_commit();
+}
+
+/* Wait for S (the first of issue_s_pv's two groups). */
+__device__ __forceinline__ void wait_s(float (&s)[32]) {
     wgmma_wait<1>();
     reg_fence(s);
 }
@@ -292,8 +298,10 @@ template <int RPT> struct TileR {
 };
 
 /* One K or V tile (64 keys) into a swizzled shared tile at byte address dst; thread tid copies
- * 16-byte chunk tid % CH of rows tid / CH + i * (NT / CH); rows past the keys are zero-filled. */
-template <int D, int NT, int RPT>
+ * 16-byte chunk tid % CH of rows tid / CH + i * (NT / CH); rows past the keys are zero-filled.
+ * GATHER = false: the caller knows the tile is 64 consecutive keys (no per-row choice: the
+ * sparse loop without gathered columns measured ~18% more instructions per tile than dense). */
+template <int D, int NT, int RPT, bool GATHER = true>
 __device__ __forceinline__ void load_half(uint32_t dst, const TileR<RPT> &t, const __nv_bfloat16 *src, int stride,
                                           int n, int tid) {
     constexpr int CH = D / 8;
@@ -301,8 +309,8 @@ __device__ __forceinline__ void load_half(uint32_t dst, const TileR<RPT> &t, con
 #pragma unroll
     for (int i = 0; i < RPT; i++) {
         const int r = tid / CH + i * (NT / CH);
-        const int key = t.gather ? t.key[i] : t.start + r;
-        const bool ok = t.gather ? key >= 0 : (r < t.count && key < n);
+        const int key = GATHER && t.gather ? t.key[i] : t.start + r;
+        const bool ok = GATHER && t.gather ? key >= 0 : (r < t.count && key < n);
         krn_cp_async16(dst + sw128(r, ch), src + (ok ? (size_t)key * stride + ch * 8 : 0), ok ? 16 : 0);
     }
 }
@@ -337,80 +345,89 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     const krn_tiles tls = krn_tiles_of<MODE == MODE_DENSE>(ix, h, mb, min(m0 + BM, n) - 1);
     const int n_blocks = tls.n_blocks, n_tiles = tls.n_tiles, n_cols = tls.n_cols, sink = tls.sink, window = tls.window;
     const int *boff = tls.boff, *cidx = tls.cidx;
-    auto resolve = [&](int t) {
-        TileR<RPT> r;
-        r.start = 0, r.count = 0, r.gather = 0;
-        if (t >= n_tiles) return r;
-        if (MODE == MODE_DENSE || t < n_blocks) {
-            r.start = MODE == MODE_DENSE ? t * kBN : __ldg(boff + t);
-            r.count = kBN;
-        } else {
-            const int g = (t - n_blocks) * kBN;
-            r.start = g;
-            r.count = min(kBN, n_cols - g);
-            r.gather = 1;
-#pragma unroll
-            for (int i = 0; i < RPT; i++) {
-                const int row = tid / CH + i * (NT / CH);
-                r.key[i] = row < r.count ? __ldg(cidx + g + row) : -1;
-            }
-        }
-        return r;
-    };
-
-    /* Q rows (past n zero-filled) and K_0 as the first copy group. */
-#pragma unroll
-    for (int c = tid; c < BM * CH; c += NT) {
-        const int r = c / CH, ch = c % CH, row = m0 + r;
-        const bool ok = row < n;
-        krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
-                       ok ? 16 : 0);
-    }
-    krn_cp_async_commit();
-    TileR<RPT> r_t = resolve(0), r_n = resolve(1); /* tile t (V copy now) and t + 1 (K copy now) */
-    if (n_tiles > 0) load_half<D, NT, RPT>(sK, r_t, k, a.kv_stride, n, tid);
-    krn_cp_async_commit();
     uint32_t qf[D / 16][4];
-    if (QR) {
-        krn_cp_async_wait<1>();
-        __syncthreads();
-        load_qf<D>(qf, sQ + wg * QB, warp, lane);
-    }
-
     float o[D / 2], s[32];
-#pragma unroll
-    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
     uint32_t pa[4][4]; /* P_{t-1}, bf16 pairs; zero before the first tile */
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
-    /* The first iteration's P V reads V stage 1 with P = 0: zero it so that 0 * (stale bits) can't be NaN.
-     * (Ordinary stores; the fence.proxy.async before the loop's first barrier publishes them.) */
-    for (int i = tid; i < TB / 16; i += NT)
-        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sV + TB + i * 16), "r"(0u) : "memory");
     Rows rw = {-INFINITY, -INFINITY, 0.f, 0.f};
     const int row_a = r0 + warp * 16 + (lane >> 2), row_b = row_a + 8;
     const uint32_t sQw = sQ + wg * QB;
+    /* Everything from the first copy to the last tile, compiled twice: with gathered-column tiles
+     * (G true) and for lists of key blocks only (dense, A-shape, block-sparse), where the resolver
+     * and the copies skip every per-row choice. */
+    auto run = [&](auto gtag) {
+        constexpr bool G = decltype(gtag)::value;
+        auto resolve = [&](int t) {
+            TileR<RPT> r;
+            r.start = 0, r.count = 0, r.gather = 0;
+            if (t >= n_tiles) return r;
+            if (!G || t < n_blocks) {
+                r.start = MODE == MODE_DENSE ? t * kBN : __ldg(boff + t);
+                r.count = kBN;
+            } else {
+                const int g = (t - n_blocks) * kBN;
+                r.start = g;
+                r.count = min(kBN, n_cols - g);
+                r.gather = 1;
+#pragma unroll
+                for (int i = 0; i < RPT; i++) {
+                    const int row = tid / CH + i * (NT / CH);
+                    r.key[i] = row < r.count ? __ldg(cidx + g + row) : -1;
+                }
+            }
+            return r;
+        };
 
-    for (int t = 0; t < n_tiles; t++) {
-        krn_cp_async_wait<0>(); /* K_t and V_{t-1} (this thread's copies) */
-        fence_proxy_async();
-        __syncthreads(); /* everyone's copies; S_{t-1} and P_{t-2} V_{t-2} are done everywhere */
-        if (t + 1 < n_tiles) load_half<D, NT, RPT>(sK + ((t + 1) & 1) * TB, r_n, k, a.kv_stride, n, tid);
-        load_half<D, NT, RPT>(sV + (t & 1) * TB, r_t, v, a.kv_stride, n, tid);
+        /* Q rows (past n zero-filled) and K_0 as the first copy group. */
+#pragma unroll
+        for (int c = tid; c < BM * CH; c += NT) {
+            const int r = c / CH, ch = c % CH, row = m0 + r;
+            const bool ok = row < n;
+            krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
+                           ok ? 16 : 0);
+        }
         krn_cp_async_commit();
-        const int c_start = r_t.start, c_count = r_t.count;
-        const bool gather = r_t.gather;
-        r_t = r_n;
-        r_n = resolve(t + 2);
+        TileR<RPT> r_t = resolve(0), r_n = resolve(1); /* tile t (V copy now) and t + 1 (K copy now) */
+        if (n_tiles > 0) load_half<D, NT, RPT, G>(sK, r_t, k, a.kv_stride, n, tid);
+        krn_cp_async_commit();
+        if (QR) {
+            krn_cp_async_wait<1>();
+            __syncthreads();
+            load_qf<D>(qf, sQ + wg * QB, warp, lane);
+        }
+#pragma unroll
+        for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
+        /* The first iteration's P V reads V stage 1 with P = 0: zero it so that 0 * (stale bits) can't be NaN.
+         * (Ordinary stores; the fence.proxy.async before the loop's first barrier publishes them.) */
+        for (int i = tid; i < TB / 16; i += NT)
+            asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sV + TB + i * 16), "r"(0u) : "memory");
 
-        const bool active = r0 < n && (gather || c_start <= r0 + 63); /* some row of this warpgroup sees it */
-        /* Straight-line issue (no branch between fence, MMAs, commits and waits: ptxas serialises
-         * wgmma it cannot follow). A warpgroup that has nothing in tile t still runs S_t and
-         * discards it; P_{t-1} is zero after such a tile (and before the first), so its P V adds 0. */
-        const uint32_t kt = sK + (t & 1) * TB, vt = sV + ((t - 1) & 1) * TB;
-        issue_s_pv<D, QR>(s, o, pa, qf, sQw, kt, vt);
-        finish_tile<D>(s, o, pa, rw, active, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window, lane);
-    }
+        for (int t = 0; t < n_tiles; t++) {
+            krn_cp_async_wait<0>(); /* K_t and V_{t-1} (this thread's copies) */
+            fence_proxy_async();
+            __syncthreads(); /* everyone's copies; S_{t-1} and P_{t-2} V_{t-2} are done everywhere */
+            const int c_start = r_t.start, c_count = r_t.count;
+            const bool gather = G && r_t.gather;
+            const bool active = r0 < n && (gather || c_start <= r0 + 63); /* some row of this warpgroup sees it */
+            /* The copies first, then the MMAs: issuing the MMAs first and copying under them measured
+             * 10-15% slower (dense) on the H100 (bench/RESULTS.md). Straight-line issue (no branch
+             * between fence, MMAs, commits and waits: ptxas serialises wgmma it cannot follow). A
+             * warpgroup that has nothing in tile t still runs S_t and discards it; P_{t-1} is zero after
+             * such a tile (and before the first), so its P V adds 0. */
+            const uint32_t kt = sK + (t & 1) * TB, vt = sV + ((t - 1) & 1) * TB;
+            if (t + 1 < n_tiles) load_half<D, NT, RPT, G>(sK + ((t + 1) & 1) * TB, r_n, k, a.kv_stride, n, tid);
+            load_half<D, NT, RPT, G>(sV + (t & 1) * TB, r_t, v, a.kv_stride, n, tid);
+            krn_cp_async_commit();
+            r_t = r_n;
+            r_n = resolve(t + 2);
+            issue_s_pv<D, QR>(s, o, pa, qf, sQw, kt, vt);
+            wait_s(s);
+            finish_tile<D>(s, o, pa, rw, active, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window, lane);
+        }
+    };
+    if (MODE == MODE_SPARSE && n_cols > 0) run(std::true_type{});
+    else run(std::false_type{});
     /* The last P V (V_{T-1} was copied in the last iteration; P is zero when T = 0). */
     krn_cp_async_wait<0>();
     fence_proxy_async();
@@ -428,7 +445,7 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
  * equal, else each warpgroup's own. A warpgroup that a tile is not for computes it and discards it
  * (P = 0): straight-line issue. Branching around its tensor work instead (flushing the pending P V
  * first) measured 2-7% slower on the H100 (bench/RESULTS.md). */
-template <int D>
+template <int D, bool HEADS>
 __global__ void __launch_bounds__(256, 1)
 hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
 #if HATTN_BODY
@@ -440,25 +457,29 @@ hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
 
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
     const int n = a.n, n_rb = ix.n_rb;
-    const int pb = (n_rb + 1) / 2 - 1 - (int)blockIdx.x; /* heaviest pairs first */
-    const int h = blockIdx.y, hk = h / (a.H / a.Hkv);
-    const int m0 = 2 * pb * 64, r0 = m0 + wg * 64;
-    const bool has1 = 2 * pb + 1 < n_rb;
-    const krn_tiles L0 = krn_tiles_of<false>(ix, h, 2 * pb, 0);
+    /* Row-block pairs: warpgroup w has row block 2p + w of head y. Head pairs (HEADS): warpgroup w
+     * has head 2y + w (one KV group: H / Hkv even) and the same row block. */
+    const int pb = (HEADS ? n_rb : (n_rb + 1) / 2) - 1 - (int)blockIdx.x; /* heaviest first */
+    const int h0 = HEADS ? 2 * blockIdx.y : blockIdx.y, h = HEADS ? h0 + wg : h0, hk = h0 / (a.H / a.Hkv);
+    const int rb0 = HEADS ? pb : 2 * pb, rb1 = HEADS ? pb : 2 * pb + 1;
+    const int m0 = rb0 * 64, r0 = HEADS ? m0 : m0 + wg * 64;
+    const bool has1 = rb1 < n_rb;
+    const krn_tiles L0 = krn_tiles_of<false>(ix, h0, rb0, 0);
     krn_tiles L1 = {0, 0, 0, 0, 0, nullptr, nullptr};
-    if (has1) L1 = krn_tiles_of<false>(ix, h, 2 * pb + 1, 0);
-    const int sink = L0.sink, window = L0.window;
+    if (has1) L1 = krn_tiles_of<false>(ix, HEADS ? h0 + 1 : h0, rb1, 0);
+    const int sink = wg ? L1.sink : L0.sink, window = wg ? L1.window : L0.window;
 
-    const __nv_bfloat16 *q = reinterpret_cast<const __nv_bfloat16 *>(a.q) + h * D;
+    const __nv_bfloat16 *q = reinterpret_cast<const __nv_bfloat16 *>(a.q) + h0 * D;
     const __nv_bfloat16 *k = reinterpret_cast<const __nv_bfloat16 *>(a.k) + hk * D;
     const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
 
     /* Q first: its copy overlaps the index reads below. */
 #pragma unroll
     for (int c = tid; c < 128 * CH; c += NT) {
-        const int r = c / CH, ch = c % CH, row = m0 + r;
+        const int r = c / CH, ch = c % CH, row = m0 + (HEADS ? r & 63 : r);
         const bool ok = row < n;
-        krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
+        const __nv_bfloat16 *qh = HEADS ? q + (r >> 6) * D : q;
+        krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), qh + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
                        ok ? 16 : 0);
     }
     krn_cp_async_commit();
@@ -473,7 +494,7 @@ hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     int ia = 0, ib = 0, gi = 0;
     int va = L0.n_blocks > 0 ? __ldg(L0.boff) : kEnd, vb = L1.n_blocks > 0 ? __ldg(L1.boff) : kEnd;
     const int n_gather = cols_shared ? g0 : g0 + g1;
-    auto next = [&]() {
+    auto next = [&](auto gtag) { /* gtag: std::true_type where gather tiles may follow the blocks */
         TileR<RPT> r;
         r.start = 0, r.count = 0, r.gather = 0, r.who = 0;
         if (va != kEnd || vb != kEnd) {
@@ -489,7 +510,7 @@ hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
                 r.start = vb, r.who = 2;
                 vb = ++ib < L1.n_blocks ? __ldg(L1.boff + ib) : kEnd;
             }
-        } else if (gi < n_gather) {
+        } else if (decltype(gtag)::value && gi < n_gather) {
             const bool first = gi < g0;
             const int g = (first ? gi : gi - g0) * kBN;
             const int *cols = first ? L0.cidx : L1.cidx;
@@ -506,49 +527,95 @@ hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
         return r;
     };
 
-    TileR<RPT> r_t = next(), r_n = next();
-    if (r_t.count > 0) load_half<D, NT, RPT>(sK, r_t, k, a.kv_stride, n, tid);
-    krn_cp_async_commit();
     uint32_t qf[D / 16][4];
-    krn_cp_async_wait<1>();
-    __syncthreads();
-    load_qf<D>(qf, sQ + wg * QB, warp, lane);
-    for (int i = tid; i < TB / 16; i += NT) /* V stage 1 is read with P = 0 by the first P V */
-        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sV + TB + i * 16), "r"(0u) : "memory");
-
     float o[D / 2], s[32];
-#pragma unroll
-    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
     uint32_t pa[4][4];
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
     Rows rw = {-INFINITY, -INFINITY, 0.f, 0.f};
     const int row_a = r0 + warp * 16 + (lane >> 2), row_b = row_a + 8;
     int t = 0;
-
-    for (; r_t.count > 0; t++) {
-        krn_cp_async_wait<0>();
-        fence_proxy_async();
-        __syncthreads();
-        if (r_n.count > 0) load_half<D, NT, RPT>(sK + ((t + 1) & 1) * TB, r_n, k, a.kv_stride, n, tid);
-        load_half<D, NT, RPT>(sV + (t & 1) * TB, r_t, v, a.kv_stride, n, tid);
+    /* Compiled twice, as hattn_pipe_kernel's loop: with gather tiles, and for block lists only. */
+    auto run = [&](auto gtag) {
+        constexpr bool G = decltype(gtag)::value;
+        TileR<RPT> r_t = next(gtag), r_n = next(gtag);
+        if (r_t.count > 0) load_half<D, NT, RPT, G>(sK, r_t, k, a.kv_stride, n, tid);
         krn_cp_async_commit();
-        const int c_start = r_t.start, c_count = r_t.count, who = r_t.who;
-        const bool gather = r_t.gather;
-        r_t = r_n;
-        r_n = next();
+        krn_cp_async_wait<1>();
+        __syncthreads();
+        load_qf<D>(qf, sQ + wg * QB, warp, lane);
+        for (int i = tid; i < TB / 16; i += NT) /* V stage 1 is read with P = 0 by the first P V */
+            asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sV + TB + i * 16), "r"(0u) : "memory");
+#pragma unroll
+        for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
 
-        const bool active = (who >> wg & 1) && r0 < n && (gather || c_start <= r0 + 63);
-        const uint32_t kt = sK + (t & 1) * TB, vt = sV + ((t - 1) & 1) * TB;
-        issue_s_pv<D, true>(s, o, pa, qf, 0, kt, vt);
-        finish_tile<D>(s, o, pa, rw, active, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window, lane);
-    }
+        for (; r_t.count > 0; t++) {
+            krn_cp_async_wait<0>();
+            fence_proxy_async();
+            __syncthreads();
+            const int c_start = r_t.start, c_count = r_t.count, who = r_t.who;
+            const bool gather = G && r_t.gather;
+            const bool active = (who >> wg & 1) && r0 < n && (gather || c_start <= r0 + 63);
+            const uint32_t kt = sK + (t & 1) * TB, vt = sV + ((t - 1) & 1) * TB;
+            if (r_n.count > 0) load_half<D, NT, RPT, G>(sK + ((t + 1) & 1) * TB, r_n, k, a.kv_stride, n, tid);
+            load_half<D, NT, RPT, G>(sV + (t & 1) * TB, r_t, v, a.kv_stride, n, tid);
+            krn_cp_async_commit();
+            r_t = r_n;
+            r_n = next(gtag);
+            issue_s_pv<D, true>(s, o, pa, qf, 0, kt, vt);
+            wait_s(s);
+            finish_tile<D>(s, o, pa, rw, active, scale_log2, gather, c_start, c_count, r0, row_a, row_b, sink, window, lane);
+        }
+    };
+    if (n_gather > 0) run(std::true_type{});
+    else run(std::false_type{});
     krn_cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
     issue_pv<D>(o, pa, sV + ((t - 1) & 1) * TB);
     store_rows<D>(o, rw, a, h, row_a, row_b, lane);
 #endif
+}
+
+/* For picking head pairs: per (head pair 2p, 2p + 1; row block), one warp counts the blocks both
+ * lists name (binary search: lists are sorted ascending, eng_index.h), then per CTA
+ * st[0] += 2 |B0 u B1| (warpgroup-tiles a head-pair CTA computes), st[1] += |B0| + |B1| (what
+ * one-warpgroup CTAs compute), st[2] += gathered columns. */
+__global__ void __launch_bounds__(256) pair_stats_kernel(krn_index_dev ix, int H, unsigned long long *st) {
+    __shared__ unsigned long long red[3][8];
+    const int lane = threadIdx.x & 31, wl = threadIdx.x >> 5;
+    const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int n_rb = ix.n_rb;
+    unsigned long long u2 = 0, nn = 0, cols = 0;
+    if (w < (long long)(H / 2) * n_rb) {
+        const int hp = (int)(w / n_rb), rb = (int)(w % n_rb);
+        const size_t r0 = (size_t)(2 * hp) * n_rb + rb, r1 = r0 + n_rb;
+        const int n0 = ix.block_count[r0], n1 = ix.block_count[r1];
+        const int *b0 = ix.block_offset + r0 * ix.max_blocks, *b1 = ix.block_offset + r1 * ix.max_blocks;
+        int inter = 0;
+        for (int i = lane; i < n0; i += 32) {
+            const int x = __ldg(b0 + i);
+            int lo = 0, hi = n1;
+            while (lo < hi) {
+                const int mid = (lo + hi) >> 1;
+                if (__ldg(b1 + mid) < x) lo = mid + 1;
+                else hi = mid;
+            }
+            inter += lo < n1 && __ldg(b1 + lo) == x;
+        }
+#pragma unroll
+        for (int o = 16; o; o >>= 1) inter += __shfl_xor_sync(0xffffffffu, inter, o);
+        u2 = 2ull * (unsigned long long)(n0 + n1 - inter);
+        nn = (unsigned long long)(n0 + n1);
+        cols = (unsigned long long)(ix.column_count[r0] + ix.column_count[r1]);
+    }
+    if (lane == 0) red[0][wl] = u2, red[1][wl] = nn, red[2][wl] = cols;
+    __syncthreads();
+    if (threadIdx.x < 3) {
+        unsigned long long x = 0;
+        for (int i = 0; i < 8; i++) x += red[threadIdx.x][i];
+        if (x) atomicAdd(st + threadIdx.x, x);
+    }
 }
 
 /* Raise the kernel's dynamic shared-memory limit and launch it on grid x (128 * NWG) threads. */
@@ -569,10 +636,15 @@ int launch_pipe(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st
     return launch_kern(hattn_pipe_kernel<D, NWG, MODE, QR>, grid, NWG * 128, smem, a, ix, D, st, "hattn_pipe_kernel", err);
 }
 
-template <int D> int launch_union(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t st, eng_err *err) {
+/* Head pairs need both heads of a pair in one KV group (H / Hkv even); otherwise row-block pairs. */
+template <int D> int launch_union(const krn_attn_args *a, const krn_index_dev *ix, bool heads, cudaStream_t st,
+                                  eng_err *err) {
     const size_t smem = 1024 + (size_t)2 * 64 * D * 2 + (size_t)4 * kBN * D * 2;
-    const dim3 grid((ix->n_rb + 1) / 2, a->H);
-    return launch_kern(hattn_union_kernel<D>, grid, 256, smem, a, ix, D, st, "hattn_union_kernel", err);
+    if (heads && (a->H / a->Hkv) % 2 == 0)
+        return launch_kern(hattn_union_kernel<D, true>, dim3(ix->n_rb, a->H / 2), 256, smem, a, ix, D, st,
+                           "hattn_union_kernel", err);
+    return launch_kern(hattn_union_kernel<D, false>, dim3((ix->n_rb + 1) / 2, a->H), 256, smem, a, ix, D, st,
+                       "hattn_union_kernel", err);
 }
 
 } /* namespace */
@@ -607,14 +679,40 @@ extern "C" int krn_hattn_dense(const krn_attn_args *a, int cfg, cudaStream_t s, 
     }
 }
 
+extern "C" int krn_hattn_sparse_auto(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t s, eng_err *err) {
+    if (!krn_hattn_available())
+        return eng_err_set(err, "sparse attention: the wgmma kernels need an sm_90 card and a build for sm_90a");
+    int cfg = 0;
+    if (a->H / a->Hkv % 2 == 0 && ix->n_rb > 0) {
+        unsigned long long *dst = nullptr, st[3] = {0, 0, 0};
+        CUDA_RET(cudaMallocAsync((void **)&dst, sizeof st, s));
+        cudaError_t e = cudaMemsetAsync(dst, 0, sizeof st, s);
+        const long long warps = (long long)(a->H / 2) * ix->n_rb;
+        if (e == cudaSuccess) {
+            pair_stats_kernel<<<(unsigned)((warps + 7) / 8), 256, 0, s>>>(*ix, a->H, dst);
+            e = cudaGetLastError();
+        }
+        if (e == cudaSuccess) e = cudaMemcpyAsync(st, dst, sizeof st, cudaMemcpyDeviceToHost, s);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(s);
+        cudaFreeAsync(dst, s);
+        if (e != cudaSuccess) return eng_err_set(err, "sparse attention: pair statistics: %s", cudaGetErrorString(e));
+        /* Head pairs when the lists barely differ: 2|B0 u B1| <= 1.05 (|B0| + |B1|), about the speed
+         * a head-pair CTA gains per tile (H100, bench/RESULTS.md); never with gathered columns (their
+         * shared tiles measured no faster). */
+        if (st[2] == 0 && st[1] > 0 && (double)st[0] <= 1.05 * (double)st[1]) cfg = 3;
+    }
+    return krn_hattn_sparse(a, ix, cfg, s, err);
+}
+
 extern "C" int krn_hattn_sparse(const krn_attn_args *a, const krn_index_dev *ix, int cfg, cudaStream_t s, eng_err *err) {
     if (!krn_hattn_available())
         return eng_err_set(err, "sparse attention: the wgmma kernels need an sm_90 card and a build for sm_90a");
     const bool d64 = a->d == 64;
     switch (cfg) {
     case 0: return d64 ? launch_pipe<64, 1, MODE_SPARSE, true>(a, ix, s, err) : launch_pipe<128, 1, MODE_SPARSE, true>(a, ix, s, err);
-    case 1: return d64 ? launch_union<64>(a, ix, s, err) : launch_union<128>(a, ix, s, err);
+    case 1: return d64 ? launch_union<64>(a, ix, false, s, err) : launch_union<128>(a, ix, false, s, err);
     case 2: return d64 ? launch_pipe<64, 1, MODE_SPARSE, false>(a, ix, s, err) : launch_pipe<128, 1, MODE_SPARSE, false>(a, ix, s, err);
+    case 3: return d64 ? launch_union<64>(a, ix, true, s, err) : launch_union<128>(a, ix, true, s, err);
     default: return eng_err_set(err, "sparse attention: unknown wgmma configuration %d", cfg);
     }
 }

@@ -19,10 +19,17 @@ int krn_hattn_available(void);
  * with one warpgroup per CTA (64 rows, no sharing: the sparse kernel's shape); 2 = as 0 with Q read
  * from shared memory by every S. Sparse: 0 = pipelined, 1 warpgroup per row block, Q in registers;
  * 1 = pipelined, two consecutive row blocks per CTA walking the union of their (sorted) lists, each
- * tile copied once for both; 2 = as 0 with Q from shared memory.
+ * tile copied once for both; 2 = as 0 with Q from shared memory; 3 = as 1 with two heads of one KV
+ * group and the same row block per CTA (identical lists, e.g. A-shape's, share every tile;
+ * row-block pairs when H / Hkv is odd).
  * Shapes and semantics: krn_attn.h. */
 int krn_hattn_dense(const krn_attn_args *a, int cfg, cudaStream_t s, eng_err *err);
 int krn_hattn_sparse(const krn_attn_args *a, const krn_index_dev *ix, int cfg, cudaStream_t s, eng_err *err);
+/* The sparse default: configuration 3 (head pairs) where H / Hkv is even, the index has no gathered
+ * columns and the two heads of each pair name nearly the same blocks (tiles computed by pairs
+ * <= 1.05x those of one warpgroup per row block: measured on the GPU, one small kernel and a stream
+ * synchronisation), else configuration 0. */
+int krn_hattn_sparse_auto(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t s, eng_err *err);
 
 #ifdef __cplusplus
 }

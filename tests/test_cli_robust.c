@@ -384,7 +384,7 @@ static void test_bench(void **state) {
     f += expect_bad("--dim", "bench --dim nan");
     f += expect_bad("--reps", "bench --reps 0");
     f += expect_bad("--bs", "bench --bs -1");
-    f += expect_bad("--variant", "bench --variant 10");
+    f += expect_bad("--variant", "bench --variant 11");
     f += expect_bad("unexpected", "bench extra");
     assert_int_equal(f, 0);
     check_no_leftovers();
