@@ -121,7 +121,7 @@ extern "C" int krn_bench_memory(const krn_bench_cfg *c, double *need, double *fr
             ws = w > ws ? w : ws;
         }
         if (p->kind == ENG_PAT_BS) {
-            double w = 4.0 * (c->H + c->Hkv) * n_rb * c->d;
+            double w = (double)krn_index_bs_ws_bytes(c->n, c->H, c->Hkv, c->d);
             ws = w > ws ? w : ws;
         }
         if (krn_xflex_kind(p->kind)) {

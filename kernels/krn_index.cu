@@ -318,7 +318,7 @@ __global__ void vs_convert(int n, int nh, int h0, int kv, int ks, const int *vse
 
 /* Mean over each 64-token block, float sums in token order (as the CPU). grid (n_rb, heads).
  * Layout: pool[(hh * n_rb + b) * d + c], or transposed pool[(hh * d + c) * n_rb + b] (keys, so
- * that bs_rows' threads, one per key block, read consecutive addresses). */
+ * that bs_scores' copies of a key tile read consecutive addresses). */
 __global__ void bs_pool(const __nv_bfloat16 *x, int stride, int head0, int d, int n, float *pool, int transposed) {
     const int b = blockIdx.x, hh = blockIdx.y, n_rb = gridDim.x;
     const int t0 = b * B64, t1 = min(t0 + B64, n);
@@ -331,56 +331,82 @@ __global__ void bs_pool(const __nv_bfloat16 *x, int stride, int head0, int d, in
     }
 }
 
-#define BS_HC 4 /* query heads of one GQA group per CTA: each K-pool load feeds BS_HC dot products */
-struct bs_chunks {
-    int n;
-    int h[64][2]; /* first head (relative to h0) and count of each chunk; all in one KV group */
-};
-
-/* One CTA per (row block, chunk of <= BS_HC query heads sharing a KV head): double scores
- * q_pool . k_pool of the earlier blocks (c = 0..d-1 in order, products exact in double: the CPU's
- * sums bit for bit), then per head the top kk-1 (ties: later block) and the diagonal; offsets
- * ascending. Shared: hc * n_rb doubles + hc * d floats. */
-template <int NT>
-__global__ void __launch_bounds__(NT) bs_rows(const float *qp, const float *kpT, int d, int kk, int h0, int g,
-                                              bs_chunks ch, krn_index_dev ix) {
-    extern __shared__ double sc[];
-    const int rb = blockIdx.x, n_rb = ix.n_rb;
-    const int c0 = blockIdx.y * 16; /* gridDim.y = ceil(ch.n / 16): 16 chunks per y slot, one per z */
-    const int ci = c0 + blockIdx.z;
-    if (ci >= ch.n) return;
-    const int hh0 = ch.h[ci][0], hc = ch.h[ci][1];
-    const int hk = (h0 + hh0) / g;
-    float *qs = (float *)(sc + (size_t)hc * n_rb);
-    for (int i = threadIdx.x; i < hc * d; i += NT) qs[i] = qp[((size_t)(hh0 + i / d) * n_rb + rb) * d + i % d];
-    __syncthreads();
-    const float *kt = kpT + (size_t)hk * d * n_rb;
-    for (int kb = threadIdx.x; kb < rb; kb += NT) {
-        double acc[BS_HC] = {0, 0, 0, 0};
-        for (int c = 0; c < d; c++) {
-            const double kv = (double)kt[(size_t)c * n_rb + kb];
+/* The scores of all causal block pairs as a tiled product kept in global memory, then one CTA per
+ * (row block, head) selects from its row. (The first version, one CTA per row block re-reading the
+ * whole K pool and holding its row of scores in shared memory, took 219 ms at 512K and 1.57 s at 1M
+ * on the H100; this one 42.7 ms and 174.5 ms, same content: bench/RESULTS.md.)
+ *
+ * bs_scores: one CTA per 64 x 64 tile (query blocks x key blocks) at or below the diagonal
+ * (blockIdx.x enumerates them row by row), blockIdx.y = head of the chunk [hh0, hh0 + gridDim.y);
+ * pooled q and k staged as doubles 32 dims at a time; each thread owns 4 x 4 scores, each summed
+ * over c = 0..d-1 in order with double fma of the float pools: the CPU's sums bit for bit. Output:
+ * triangular rows sc[y][rb (rb - 1) / 2 + kb] for kb < rb. */
+__global__ void __launch_bounds__(256) bs_scores(const float *qp, const float *kpT, int d, int n_rb, int h0, int hh0,
+                                                 int g, double *sc) {
+    __shared__ double qs[32][64], ks[32][64];
+    const long long x = blockIdx.x;
+    int ti = (int)((sqrt(8.0 * (double)x + 1.0) - 1.0) * 0.5); /* x = ti (ti + 1) / 2 + tj, tj <= ti */
+    while ((long long)ti * (ti + 1) / 2 > x) ti--;
+    while ((long long)(ti + 1) * (ti + 2) / 2 <= x) ti++;
+    const int tj = (int)(x - (long long)ti * (ti + 1) / 2);
+    const int rb0 = ti * 64, kb0 = tj * 64, hh = hh0 + (int)blockIdx.y, hk = (h0 + hh) / g;
+    const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+    const float *q = qp + (size_t)hh * n_rb * d, *kt = kpT + (size_t)hk * d * n_rb;
+    double acc[4][4];
 #pragma unroll
-            for (int j = 0; j < BS_HC; j++)
-                if (j < hc) acc[j] = fma((double)qs[j * d + c], kv, acc[j]);
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] = 0.0;
+    for (int c0 = 0; c0 < d; c0 += 32) {
+        __syncthreads();
+        for (int e = tid; e < 32 * 64; e += 256) {
+            const int c = e & 31, i = e >> 5; /* q: consecutive threads read consecutive dims of a row */
+            qs[c][i] = rb0 + i < n_rb && c0 + c < d ? (double)q[(size_t)(rb0 + i) * d + c0 + c] : 0.0;
+            const int j = e & 63, c2 = e >> 6; /* k (transposed): consecutive threads, consecutive blocks */
+            ks[c2][j] = kb0 + j < n_rb && c0 + c2 < d ? (double)kt[(size_t)(c0 + c2) * n_rb + kb0 + j] : 0.0;
         }
+        __syncthreads();
+        const int cn = min(32, d - c0);
+        for (int c = 0; c < cn; c++) {
+            double a[4], b[4];
 #pragma unroll
-        for (int j = 0; j < BS_HC; j++)
-            if (j < hc) sc[(size_t)j * n_rb + kb] = acc[j];
+            for (int i = 0; i < 4; i++) a[i] = qs[c][ty + 16 * i], b[i] = ks[c][tx + 16 * i];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) acc[i][j] = fma(a[i], b[j], acc[i][j]);
+        }
     }
-    __syncthreads();
-    const int take = min(kk - 1, rb);
-    for (int j = 0; j < hc; j++) {
-        const size_t row = (size_t)(h0 + hh0 + j) * n_rb + rb;
-        int *bo = ix.block_offset + row * ix.max_blocks;
-        cta_topk<NT>(sc + (size_t)j * n_rb, rb, take, true, bo, false);
-        __syncthreads();
-        for (int i = threadIdx.x; i < take; i += NT) bo[i] *= B64;
-        if (threadIdx.x == 0) {
-            bo[take] = rb * B64;
-            ix.block_count[row] = take + 1;
-            ix.column_count[row] = 0;
+    const size_t tri = (size_t)n_rb * (n_rb - 1) / 2;
+    double *out = sc + (size_t)blockIdx.y * tri;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int rb = rb0 + ty + 16 * i;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int kb = kb0 + tx + 16 * j;
+            if (rb < n_rb && kb < rb) out[(size_t)rb * (rb - 1) / 2 + kb] = acc[i][j];
         }
-        __syncthreads();
+    }
+}
+
+/* Per (row block, head of the chunk): top kk-1 of its triangular score row (ties: later block),
+ * offsets ascending, then the diagonal. grid (n_rb, heads in the chunk). */
+template <int NT>
+__global__ void __launch_bounds__(NT) bs_select(const double *sc, int kk, int h0, int hh0, krn_index_dev ix) {
+    const int rb = blockIdx.x, n_rb = ix.n_rb;
+    const size_t tri = (size_t)n_rb * (n_rb - 1) / 2;
+    const double *row = sc + (size_t)blockIdx.y * tri + (size_t)rb * (rb - 1) / 2;
+    const int take = min(kk - 1, rb);
+    const size_t r = (size_t)(h0 + hh0 + (int)blockIdx.y) * n_rb + rb;
+    int *bo = ix.block_offset + r * ix.max_blocks;
+    cta_topk<NT>(row, rb, take, true, bo, false);
+    __syncthreads();
+    for (int i = threadIdx.x; i < take; i += NT) bo[i] *= B64;
+    if (threadIdx.x == 0) {
+        bo[take] = rb * B64;
+        ix.block_count[r] = take + 1;
+        ix.column_count[r] = 0;
     }
 }
 
@@ -463,6 +489,10 @@ int ws_reserve(krn_index_ws *ws, size_t bytes, eng_err *err) {
 
 size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
+/* Bytes the block-sparse scores of one chunk of heads may take: the vertical-slash estimate's
+ * scratch (H x 64 x n floats), which the memory estimates already hold, or one head's triangle. */
+size_t bs_score_budget(int H, int n) { return (size_t)H * 64 * (size_t)n * sizeof(float); }
+
 void vs_budgets(const eng_pattern *p, int n, int *kv, int *ks) {
     *kv = p->vertical > VS_MIN_V ? p->vertical : VS_MIN_V;
     *ks = p->slash > VS_MIN_S ? p->slash : VS_MIN_S;
@@ -471,6 +501,14 @@ void vs_budgets(const eng_pattern *p, int n, int *kv, int *ks) {
 }
 
 } /* namespace */
+
+extern "C" size_t krn_index_bs_ws_bytes(int n, int H, int Hkv, int d) {
+    const size_t n_rb = ((size_t)n + B64 - 1) / B64, per_head = n_rb * (n_rb - 1) / 2 * sizeof(double);
+    size_t hcs = per_head ? bs_score_budget(H, n) / per_head : (size_t)H;
+    hcs = hcs < 1 ? 1 : hcs > (size_t)H ? (size_t)H : hcs;
+    return align256((size_t)H * n_rb * d * sizeof(float)) + align256((size_t)Hkv * n_rb * d * sizeof(float)) +
+           hcs * per_head + 8;
+}
 
 extern "C" int krn_index_count(const krn_index_dev *ix, int H, long long *pairs, cudaStream_t st, eng_err *err) {
     unsigned long long *d = nullptr, h = 0;
@@ -558,37 +596,28 @@ extern "C" int krn_index_build(const eng_pattern *p, const krn_attn_args *a, int
         const int hk0 = h0 / g, hk1 = (h0 + nh - 1) / g + 1, nkv = hk1 - hk0;
         size_t qb = align256((size_t)nh * n_rb * d * sizeof(float));
         size_t kb = align256((size_t)a->Hkv * n_rb * d * sizeof(float));
-        if (ws_reserve(ws, qb + kb, err)) return -1;
+        /* The scores of hcs heads at a time in global memory (triangular rows). */
+        const size_t tri = (size_t)n_rb * (n_rb - 1) / 2, per_head = tri * sizeof(double);
+        size_t hcs = per_head ? bs_score_budget(a->H, n) / per_head : (size_t)nh;
+        hcs = hcs < 1 ? 1 : hcs > (size_t)nh ? (size_t)nh : hcs;
+        if (ws_reserve(ws, qb + kb + hcs * per_head + 8, err)) return -1;
         float *qp = (float *)ws->buf, *kp = (float *)((char *)ws->buf + qb);
         bs_pool<<<dim3(n_rb, nh), 128, 0, st>>>((const __nv_bfloat16 *)a->q, a->q_stride, h0, d, n, qp, 0);
         LAUNCH_RET("bs_pool q");
-        /* K pools (transposed) stored at their absolute KV head index so bs_rows addresses hk directly. */
+        /* K pools (transposed) stored at their absolute KV head index so bs_scores addresses hk directly. */
         bs_pool<<<dim3(n_rb, nkv), 128, 0, st>>>((const __nv_bfloat16 *)a->k, a->kv_stride, hk0, d, n,
                                                 kp + (size_t)hk0 * n_rb * d, 1);
         LAUNCH_RET("bs_pool k");
-        /* Head chunks: as many heads of one KV group as shared memory allows (<= BS_HC). */
-        const size_t smem_cap = 200 * 1024, per_head = (size_t)n_rb * sizeof(double) + (size_t)d * sizeof(float);
-        int hc = (int)(smem_cap / per_head);
-        if (hc < 1) return eng_err_set(err, "bs: %d row blocks exceed shared memory (n = %d)", n_rb, n);
-        hc = hc < BS_HC ? hc : BS_HC;
-        const size_t smem = (size_t)hc * per_head;
-        CUDA_RET(cudaFuncSetAttribute(bs_rows<256>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        bs_chunks ch;
-        ch.n = 0;
-        for (int h = h0; h < h0 + nh;) {
-            int e = h + hc;
-            const int gend = (h / g + 1) * g;
-            e = e < gend ? e : gend;
-            e = e < h0 + nh ? e : h0 + nh;
-            ch.h[ch.n][0] = h - h0, ch.h[ch.n][1] = e - h;
-            ch.n++;
-            h = e;
-            if (ch.n == 64 || h == h0 + nh) { /* launch every 64 chunks (kernel parameter size) */
-                const int gy = (ch.n + 15) / 16, gz = ch.n < 16 ? ch.n : 16;
-                bs_rows<256><<<dim3(n_rb, gy, gz), 256, smem, st>>>(qp, kp, d, kk, h0, g, ch, *ix);
-                LAUNCH_RET("bs_rows");
-                ch.n = 0;
+        double *sc = (double *)((char *)ws->buf + qb + kb);
+        const long long tiles = (long long)((n_rb + 63) / 64) * ((n_rb + 63) / 64 + 1) / 2;
+        for (int c0 = 0; c0 < nh; c0 += (int)hcs) {
+            const int hc = nh - c0 < (int)hcs ? nh - c0 : (int)hcs;
+            if (per_head) {
+                bs_scores<<<dim3((unsigned)tiles, hc), 256, 0, st>>>(qp, kp, d, n_rb, h0, c0, g, sc);
+                LAUNCH_RET("bs_scores");
             }
+            bs_select<256><<<dim3(n_rb, hc), 256, 0, st>>>(sc, kk, h0, c0, *ix);
+            LAUNCH_RET("bs_select");
         }
         return 0;
     }

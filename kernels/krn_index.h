@@ -25,6 +25,11 @@ void krn_index_ws_free(krn_index_ws *ws);
 /* Capacity (blocks, columns per row block) an index of pattern p over n tokens needs. */
 void krn_index_capacity(const eng_pattern *p, int n, int *max_blocks, int *max_cols);
 
+/* Scratch bytes krn_index_build takes for a block-sparse pattern (pools + the scores of one chunk of
+ * heads; never more than the vertical-slash estimate's H x 64 x n floats unless one head's scores
+ * need more). */
+size_t krn_index_bs_ws_bytes(int n, int H, int Hkv, int d);
+
 /* Build the index of query heads [h0, h0 + nh) with pattern p into ix (allocated for a->H heads
  * with at least krn_index_capacity's capacities). a supplies n, H, Hkv, d, q, k and strides. */
 int krn_index_build(const eng_pattern *p, const krn_attn_args *a, int h0, int nh, krn_index_dev *ix,

@@ -281,7 +281,7 @@ static size_t estimate(const eng_config *c, int n, const eng_pattern_cfg *pc, in
                            (size_t)3 * F * C;
     const size_t w_bytes = 2 * (layer_w * L + (size_t)V * C * (tied ? 1 : 2) + C);
     const int mr = n < MLP_ROWS ? n : MLP_ROWS, lr = n < LM_ROWS ? n : LM_ROWS;
-    int mb = 0, mc = 0, host = 0, dma = 0;
+    int mb = 0, mc = 0, host = 0, dma = 0, bs = 0;
     if (pc)
         for (int l = 0; l < L; l++)
             for (int h = 0; h < H; h++) {
@@ -290,12 +290,15 @@ static size_t estimate(const eng_config *c, int n, const eng_pattern_cfg *pc, in
                 mb = b > mb ? b : mb, mc = cc > mc ? cc : mc;
                 host |= needs_host(eng_pattern_cfg_get(pc, l, h));
                 dma |= eng_pattern_cfg_get(pc, l, h)->kind == ENG_PAT_DMA;
+                bs |= eng_pattern_cfg_get(pc, l, h)->kind == ENG_PAT_BS;
             }
     const size_t n_rb = (N + 63) / 64;
     const size_t act = 2 * (2 * N * C + N * qkvd + N * qd) + 2 * (size_t)mr * 3 * F + 4 * (size_t)lr * V + 16 * N +
                        4 * (size_t)H * N + (keep_qkv ? N * qd * 6 : 0) + (pc && keep_lse ? N * qd * 2 : 0);
     /* + host-work heads: one head's bf16 and f32 staging and the sparse LSE */
-    const size_t ixb = (pc ? 4 * (size_t)H * n_rb * (2 + mb + mc) + 4 * (size_t)H * 64 * N + 16 * (size_t)H * N : 0) +
+    /* index scratch (one buffer, grown to the largest need): the VS estimate, or BS scores if larger */
+    const size_t vs_ws = 4 * (size_t)H * 64 * N + 16 * (size_t)H * N, bs_ws = bs ? krn_index_bs_ws_bytes(n, H, Hkv, d) : 0;
+    const size_t ixb = (pc ? 4 * (size_t)H * n_rb * (2 + mb + mc) + (bs_ws > vs_ws ? bs_ws : vs_ws) : 0) +
                        (host ? 6 * N * d + 4 * (size_t)H * N : 0) +
                        (dma ? 16 * (size_t)H * N + 4 * (size_t)H * n_rb + 1024 * (size_t)H + 16 : 0); /* krn_mask_ws */
     size_t xfw = 0; /* krn_xflex_build scratch (XAttention / FlexPrefill heads), the largest of any head */
