@@ -35,8 +35,9 @@ static void usage(FILE *f) {
                "  --vs V,S        vertical-slash budgets (default 1000,6096)\n"
                "  --bs K          block-sparse blocks per row block (default 100)\n"
                "  --ashape I,L    A-shape sinks and window (default 1024,4096)\n"
-               "  --variant V     attention kernel variant, dense and sparse (0: default = 7 on sm_90 cards\n"
-               "                  built for sm_90a, else 6; 1, 2: the first mma.sync kernel, 64- / 128-query\n"
+               "  --variant V     attention kernel variant, dense and sparse (0: default: on sm_90 cards built\n"
+               "                  for sm_90a dense 7, sparse 10 where two heads of a KV group name nearly the\n"
+               "                  same blocks, else 7; other cards 6; 1, 2: the first mma.sync kernel, 64- / 128-query\n"
                "                  tiles; 3: FA2 tiling, other staging; 4: sparse 2-warp row blocks; 5: sparse\n"
                "                  pairs not sharing; 6: mma.sync FA2 tiling, sparse row-block pairs sharing\n"
                "                  K/V tiles; 7, 8, 9: Hopper wgmma kernels: dense pipelined, 2 warpgroups\n"
@@ -110,8 +111,8 @@ static int bench_prefill(const char *model, const char *ns, const krn_bench_cfg 
         return 2;
     }
     printf("attnscope bench --synthetic %s: %s, bf16, random weights and tokens, median of %d\n", model, dev, reps);
-    printf("%8s  %-34s %10s %10s %10s %10s %9s\n", "N", "attention", "prefill s", "attn s", "other s", "tok/s",
-           "vs dense");
+    printf("%8s  %-34s %10s %10s %10s %8s %10s %9s\n", "N", "attention", "prefill s", "attn s", "other s", "density",
+           "tok/s", "vs dense");
     cJSON *root = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(root, "rows");
     cJSON_AddStringToObject(root, "device", dev);
     cJSON_AddStringToObject(root, "command", cli_cmdline);
@@ -143,14 +144,17 @@ static int bench_prefill(const char *model, const char *ns, const krn_bench_cfg 
         }
         for (int i = 0; i <= ec.n_pats; i++) {
             const krn_e2e_row *r = &rows[i];
-            printf("%8d  %-34s %10.3f %10.3f %10.3f %10.0f %8.2fx\n", ec.n, r->name, r->prefill_s, r->attn_s,
-                   r->prefill_s - r->attn_s, ec.n / r->prefill_s, rows[0].prefill_s / r->prefill_s);
+            char dens[16] = "-"; /* "-": every head ran its own masked kernel (no index) */
+            if (r->density >= 0) snprintf(dens, sizeof dens, "%.4f", r->density);
+            printf("%8d  %-34s %10.3f %10.3f %10.3f %8s %10.0f %8.2fx\n", ec.n, r->name, r->prefill_s, r->attn_s,
+                   r->prefill_s - r->attn_s, dens, ec.n / r->prefill_s, rows[0].prefill_s / r->prefill_s);
             cJSON *o = cJSON_CreateObject();
             cJSON_AddNumberToObject(o, "n", ec.n);
             cJSON_AddStringToObject(o, "attention", r->name);
             cJSON_AddNumberToObject(o, "prefill_s", r->prefill_s);
             cJSON_AddNumberToObject(o, "attn_s", r->attn_s);
             cJSON_AddNumberToObject(o, "setup_s", r->setup_s);
+            if (r->density >= 0) cJSON_AddNumberToObject(o, "density", r->density);
             cJSON_AddNumberToObject(o, "tokens_per_s", ec.n / r->prefill_s);
             cJSON_AddNumberToObject(o, "speedup_vs_dense", rows[0].prefill_s / r->prefill_s);
             cJSON_AddItemToArray(arr, o);

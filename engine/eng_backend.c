@@ -37,5 +37,6 @@ void eng_prefill_out_free(eng_prefill_out *o) {
     free(o->v);
     free(o->lse);
     free(o->attn_seconds);
+    free(o->density);
     memset(o, 0, sizeof *o);
 }

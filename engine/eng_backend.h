@@ -32,6 +32,9 @@ typedef struct {
     float *lse;              /* [L][H][n] when keep_lse, else NULL */
     double seconds;          /* wall time of the whole prefill */
     double *attn_seconds;    /* [L] time inside attention (incl. index building) */
+    /* [L] computed / causal entries over the heads that ran an index (1 for an all-dense layer, -1
+     * where every head ran its own masked kernel); GPU prefill with patterns only, else NULL */
+    double *density;
 } eng_prefill_out;
 
 void eng_prefill_out_free(eng_prefill_out *o);

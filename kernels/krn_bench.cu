@@ -426,10 +426,14 @@ extern "C" int krn_bench_prefill(const krn_e2e_cfg *c, krn_e2e_row *rows, eng_er
         for (int r = 0; r < reps; r++) {
             double setup = 0;
             if (krn_prefill_synthetic(0, st, &cfg, 7, tok, n, &o, &out, &setup, err)) goto fail;
-            double at = 0;
+            double at = 0, dn = 0;
+            int dl = 0;
             for (int l = 0; l < out.n_layers; l++) at += out.attn_seconds[l];
+            for (int l = 0; out.density && l < out.n_layers; l++)
+                if (out.density[l] >= 0) dn += out.density[l], dl++;
             tp[r] = out.seconds - setup, ta_[r] = at;
             row->setup_s = setup;
+            row->density = i < 0 ? 1.0 : dl ? dn / dl : -1.0; /* the index is the same every repetition */
             eng_prefill_out_free(&out);
         }
         qsort(tp, (size_t)reps, sizeof *tp, cmp_double);

@@ -61,6 +61,7 @@ typedef struct {
     double prefill_s;   /* whole prefill, weights made on the GPU excluded */
     double attn_s;      /* attention incl. index building, summed over layers */
     double setup_s;     /* random weights and buffers (before the first layer) */
+    double density;     /* computed / causal entries, mean over layers (eng_prefill_out.density); 1 dense */
 } krn_e2e_row;
 
 /* GPU memory the e2e run of c needs at most (the largest of its rows) and what is free now. */

@@ -306,12 +306,20 @@ __device__ __forceinline__ void load_half(uint32_t dst, const TileR<RPT> &t, con
                                           int n, int tid) {
     constexpr int CH = D / 8;
     const int ch = tid % CH;
+    if (GATHER && t.gather) { /* one branch per tile (warp-uniform), not a choice per row */
 #pragma unroll
-    for (int i = 0; i < RPT; i++) {
-        const int r = tid / CH + i * (NT / CH);
-        const int key = GATHER && t.gather ? t.key[i] : t.start + r;
-        const bool ok = GATHER && t.gather ? key >= 0 : (r < t.count && key < n);
-        krn_cp_async16(dst + sw128(r, ch), src + (ok ? (size_t)key * stride + ch * 8 : 0), ok ? 16 : 0);
+        for (int i = 0; i < RPT; i++) {
+            const int r = tid / CH + i * (NT / CH), key = t.key[i];
+            const bool ok = key >= 0;
+            krn_cp_async16(dst + sw128(r, ch), src + (ok ? (size_t)key * stride + ch * 8 : 0), ok ? 16 : 0);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < RPT; i++) {
+            const int r = tid / CH + i * (NT / CH), key = t.start + r;
+            const bool ok = r < t.count && key < n;
+            krn_cp_async16(dst + sw128(r, ch), src + (ok ? (size_t)key * stride + ch * 8 : 0), ok ? 16 : 0);
+        }
     }
 }
 

@@ -510,6 +510,15 @@ extern "C" size_t krn_index_bs_ws_bytes(int n, int H, int Hkv, int d) {
            hcs * per_head + 8;
 }
 
+extern "C" int krn_index_count_add(const krn_index_dev *ix, int H, unsigned long long *total, cudaStream_t st,
+                                   eng_err *err) {
+    const int rows = H * ix->n_rb;
+    if (rows <= 0) return 0;
+    count_rows<<<(rows + 127) / 128, 128, 0, st>>>(H, *ix, total);
+    LAUNCH_RET("count_rows");
+    return 0;
+}
+
 extern "C" int krn_index_count(const krn_index_dev *ix, int H, long long *pairs, cudaStream_t st, eng_err *err) {
     unsigned long long *d = nullptr, h = 0;
     const int rows = H * ix->n_rb;

@@ -45,6 +45,8 @@ int krn_index_vs_from_lines(const int *vsel, int kv, const int *ssel, int ks, in
 /* (query, key) entries the index computes over all H heads (causal, band-masked), into *pairs
  * (synchronises the stream). */
 int krn_index_count(const krn_index_dev *ix, int H, long long *pairs, cudaStream_t s, eng_err *err);
+/* The same added onto the device counter *total, without synchronising. */
+int krn_index_count_add(const krn_index_dev *ix, int H, unsigned long long *total, cudaStream_t s, eng_err *err);
 
 #ifdef __cplusplus
 }

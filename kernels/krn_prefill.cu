@@ -374,6 +374,8 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
     bf16 *scratch_out = nullptr;
     const size_t stage_elems = (size_t)1 << 24;
     int rc = -1, sparse_any = 0, host_any_cfg = 0;
+    unsigned long long *d_pairs = nullptr; /* [L] entries the index computed (patterns given) */
+    int *ix_heads = nullptr;               /* [L] heads that ran an index; -1: an all-dense layer */
     /* heads with host work (needs_host): one head's Q/K/V, output and LSE as host f32 (n, d) / [n],
      * device staging for them, the sparse LSE (the kept LSE is the dense one), host indexes [H] */
     float *hq = nullptr, *hk = nullptr, *hv = nullptr, *ho = nullptr, *hl = nullptr, *hd_tmpf = nullptr, *lse_sp = nullptr;
@@ -393,6 +395,16 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
     if (!out->last_logits || !out->argmax || !out->next_logprob || !out->attn_seconds) {
         eng_err_set(err, "out of host memory for the prefill results");
         goto fail;
+    }
+    if (pc) {
+        out->density = (double *)calloc((size_t)L, sizeof(double));
+        ix_heads = (int *)calloc((size_t)L, sizeof(int));
+        if (!out->density || !ix_heads) {
+            eng_err_set(err, "out of host memory for the prefill results");
+            goto fail;
+        }
+        CUDA_TRY(cudaMalloc((void **)&d_pairs, sizeof(unsigned long long) * (size_t)L));
+        CUDA_TRY(cudaMemsetAsync(d_pairs, 0, sizeof(unsigned long long) * (size_t)L, st));
     }
     if (keep_qkv) {
         out->q = (float *)malloc(sizeof(float) * L * N * qd);
@@ -638,6 +650,11 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
         }
         CUDA_TRY(cudaStreamSynchronize(st));
         out->attn_seconds[l] = now_s() - ta;
+        if (pc && !sparse_any) ix_heads[l] = -1;
+        if (pc && sparse_any) { /* outside the timed part: the entries this layer's index computed */
+            for (int h = 0; h < H; h++) ix_heads[l] += !gpu_masked(pat[h]);
+            if (ix_heads[l] > 0 && krn_index_count_add(&ix, H, d_pairs + l, st, err)) goto fail;
+        }
         if (keep_lse) {
             CUDA_TRY(cudaMemcpyAsync(out->lse + (size_t)l * H * N, lse_d, (size_t)H * N * 4, cudaMemcpyDeviceToHost, st));
             CUDA_TRY(cudaStreamSynchronize(st));
@@ -690,9 +707,26 @@ static int prefill_impl(int dev, cudaStream_t st, const eng_model *m, uint64_t s
         for (int i = 0; i + 1 < n; i++) out->next_logprob[i] = h[3 * N + i] - (h[i] + logf(h[N + i]));
         free(h);
     }
+    if (pc) {
+        unsigned long long *hp = (unsigned long long *)malloc(sizeof *hp * (size_t)L);
+        cudaError_t e = hp ? cudaMemcpyAsync(hp, d_pairs, sizeof *hp * (size_t)L, cudaMemcpyDeviceToHost, st)
+                           : cudaErrorMemoryAllocation;
+        if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+        if (e != cudaSuccess) {
+            free(hp);
+            eng_err_set(err, "index density: %s", cudaGetErrorString(e));
+            goto fail;
+        }
+        const double causal = (double)N * (double)(N + 1) / 2;
+        for (int l = 0; l < L; l++)
+            out->density[l] = ix_heads[l] < 0 ? 1.0 : ix_heads[l] == 0 ? -1.0 : (double)hp[l] / (ix_heads[l] * causal);
+        free(hp);
+    }
     out->seconds = now_s() - t0;
     rc = 0;
 fail:
+    cudaFree(d_pairs);
+    free(ix_heads);
     if (blas) cublasDestroy(blas);
     krn_index_ws_free(ws);
     krn_xflex_ws_free(xws);

@@ -158,6 +158,19 @@ static void test_synthetic(void **state) {
            rel, agree, n);
     assert_true(rel < 2e-2);
     assert_true(agree >= n * 9 / 10);
+    /* index density per layer: none without patterns; 1 where the window covers every key; with
+     * A-shape(64, 128) exactly the kept share: query q keeps k < 64 or q - k < 128 */
+    assert_null(a.density);
+    assert_non_null(c.density);
+    for (int l = 0; l < cfg.n_layers; l++) assert_true(fabs(c.density[l] - 1.0) < 1e-12);
+    eng_prefill_out_free(&c);
+    pc.def.n_local = 128;
+    if (krn_prefill_synthetic(0, st, &cfg, 99, tok, n, &o, &c, NULL, &err)) fail_msg("%s", err.msg);
+    double kept = 0;
+    for (int q = 0; q < n; q++) kept += (q + 1) - (q - 128 - 64 + 1 > 0 ? q - 128 - 64 + 1 : 0);
+    const double want = kept / ((double)n * (n + 1) / 2);
+    printf("  synthetic tiny n=%d: A-shape(64, 128) index density %.6f (layer 0), exact %.6f\n", n, c.density[0], want);
+    for (int l = 0; l < cfg.n_layers; l++) assert_true(fabs(c.density[l] - want) < 1e-9);
     eng_prefill_out_free(&a), eng_prefill_out_free(&b), eng_prefill_out_free(&c);
     /* too big: refused with the estimate, quickly */
     assert_int_equal(krn_synthetic_config("llama3-8b", &cfg, &err), 0);
