@@ -7,8 +7,10 @@
  * cp.async a whole iteration ahead (V one tile behind K). A tile is 64 consecutive keys from a token
  * offset (dense tiles, index key blocks: causal and band masks where they reach past a row) or up to
  * 64 gathered key columns. Dense CTAs of 2 warpgroups share every K/V tile between 128 query rows;
- * sparse CTAs hold one warpgroup per 64-query index row block (hattn_pipe_kernel), or two
- * consecutive row blocks sharing the tiles their lists share (hattn_union_kernel, a variant).
+ * sparse CTAs hold one warpgroup per 64-query index row block (hattn_pipe_kernel), or two lists
+ * walked as their union so that a tile both name is copied once (hattn_union_kernel): two heads of
+ * one KV group and the same row block (the default where their lists nearly coincide:
+ * krn_hattn_sparse_auto), or two consecutive row blocks of one head (a variant).
  *
  * Shared-memory tile layout (bytes), shared by Q, K and V: a [64][D] bf16 tile is D/64 column
  * panels of [64 rows][128 B]; 16-byte chunk c of row r sits at chunk c ^ (r & 7) (the hardware's
@@ -446,8 +448,9 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
 }
 
 
-/* Sparse attention for two consecutive index row blocks per CTA (warpgroup w: row block 2p + w) on
- * hattn_pipe_kernel's loop, walking the union of their lists so that a tile both lists name is copied
+/* Sparse attention for two index lists per CTA on hattn_pipe_kernel's loop: two consecutive row
+ * blocks of one head (warpgroup w: row block 2p + w), or (HEADS) heads 2y and 2y + 1 of one KV group
+ * and the same row block, walking the union of the two lists so that a tile both name is copied
  * once for both. The key blocks (both lists sorted ascending) are merged on the fly, two cursors in
  * registers; then the gathered columns: one list of tiles for both when the two column lists are
  * equal, else each warpgroup's own. A warpgroup that a tile is not for computes it and discards it
