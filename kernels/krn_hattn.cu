@@ -176,16 +176,20 @@ __device__ __forceinline__ void softmax_tile(float (&s)[32], Rows &rw, float sca
     rw.l_b = rw.l_b * al_b + sum_b;
 }
 
-/* O *= alpha per row, then P (bf16 pairs) in the A-register layout, which is S's accumulator layout. */
+/* O *= alpha per row, then P (bf16 pairs) in the A-register layout, which is S's accumulator layout.
+ * The D / 2 multiplies are skipped where no row of the warp changed its maximum (alpha exactly 1:
+ * the result is the same), which past the first tiles of a long row is most tiles. */
 template <int D>
 __device__ __forceinline__ void rescale_pack(float (&o)[D / 2], uint32_t (&pa)[4][4], const float (&s)[32], float al_a,
                                              float al_b) {
+    if (__any_sync(0xffffffffu, al_a != 1.f || al_b != 1.f)) {
 #pragma unroll
-    for (int j = 0; j < D / 8; j++) {
-        o[j * 4 + 0] *= al_a;
-        o[j * 4 + 1] *= al_a;
-        o[j * 4 + 2] *= al_b;
-        o[j * 4 + 3] *= al_b;
+        for (int j = 0; j < D / 8; j++) {
+            o[j * 4 + 0] *= al_a;
+            o[j * 4 + 1] *= al_a;
+            o[j * 4 + 2] *= al_b;
+            o[j * 4 + 3] *= al_b;
+        }
     }
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) {
