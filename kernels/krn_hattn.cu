@@ -38,6 +38,7 @@
 namespace {
 
 constexpr int kBN = 64;          /* keys per tile */
+constexpr float kMaxSlack = 8.f; /* lazy maximum (softmax_tile), log2 units */
 constexpr int kPanel = 64 * 128; /* bytes in one [64 rows][64 cols] bf16 panel */
 /* V as the MN-major B of P V: leading byte offset = between 64-column panels, stride = between 8-key groups. */
 constexpr uint32_t kVLbo = kPanel, kVSbo = 1024;
@@ -156,7 +157,11 @@ __device__ __forceinline__ void softmax_tile(float (&s)[32], Rows &rw, float sca
     mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
     mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
     mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-    const float mn_a = fmaxf(rw.m_a, mx_a * scale_log2), mn_b = fmaxf(rw.m_b, mx_b * scale_log2);
+    /* The running maximum moves only when a tile's beats it by more than kMaxSlack (exp2 domain;
+     * FA4's lazy rescale): P may reach 2^kMaxSlack, harmless in bf16 P and fp32 sums, and O's
+     * rescale (rescale_pack) is skipped on all but a few tiles. */
+    const float ta = mx_a * scale_log2, tb = mx_b * scale_log2;
+    const float mn_a = ta > rw.m_a + kMaxSlack ? ta : rw.m_a, mn_b = tb > rw.m_b + kMaxSlack ? tb : rw.m_b;
     const float use_a = mn_a == -INFINITY ? 0.f : mn_a, use_b = mn_b == -INFINITY ? 0.f : mn_b;
     al_a = krn_ex2(rw.m_a - use_a);
     al_b = krn_ex2(rw.m_b - use_b);
@@ -178,7 +183,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[32], Rows &rw, float sca
 
 /* O *= alpha per row, then P (bf16 pairs) in the A-register layout, which is S's accumulator layout.
  * The D / 2 multiplies are skipped where no row of the warp changed its maximum (alpha exactly 1:
- * the result is the same), which past the first tiles of a long row is most tiles. */
+ * the result is the same), which with the lazy maximum is nearly every tile. */
 template <int D>
 __device__ __forceinline__ void rescale_pack(float (&o)[D / 2], uint32_t (&pa)[4][4], const float (&s)[32], float al_a,
                                              float al_b) {
