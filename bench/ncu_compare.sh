@@ -36,3 +36,4 @@ run ashape_wg1 "hattn_pipe_kernel<.int.128, .int.1, .int.1" 7 ashape
 run bs_wg1 "hattn_pipe_kernel<.int.128, .int.1, .int.1" 7 bs
 run dense_wg2 "hattn_pipe_kernel<.int.128, .int.2, .int.0" 7 ashape
 run ashape_pair "hattn_union_kernel<.int.128, .bool.1" 10 ashape
+run dma_wg1 "hattn_dma_kernel<.int.128" 0 dma

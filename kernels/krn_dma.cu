@@ -13,10 +13,12 @@
  *             (M a power of two, so groups never straddle a 64-key tile) a logit is dropped when n
  *             others beat it (greater, or equal at a lower key). M <= 8: the group's logits are in
  *             one quad of lanes (shfl_xor); M >= 16: through a per-warp shared-memory logit tile.
+ * On sm_90 cards krn_attn_dma runs krn_hattn.cu's wgmma kernel instead (same mask, same counts).
  * Tests: tests/gpu_dma.c against eng_dma_attend / eng_dma_attn_head. */
 #include "krn_dma.h"
 
 #include "krn_common.cuh"
+#include "krn_hattn.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -610,6 +612,8 @@ extern "C" int krn_attn_dma(const krn_attn_args *a, int h0, int nh, const krn_ma
                             unsigned long long *count, cudaStream_t s, eng_err *err) {
     if (check_args(a, h0, nh, err) || check_ws(w, a, err)) return -1;
     if (sink < 0 || window < 0) return eng_err_set(err, "dma: sink %d / window %d must be >= 0", sink, window);
+    if (krn_hattn_available()) /* the wgmma kernel (sm_90 cards); the same mask and counts */
+        return krn_hattn_dma(a, h0, nh, w->z, w->theta, w->zmax, sink, window, count, s, err);
     mask_params mp = {w->z, w->theta, w->zmax, sink, window, 0, count};
     return a->d == 64 ? launch_mask<64, 2, KIND_DMA, 0>(a, h0, nh, mp, s, err)
                       : launch_mask<128, 2, KIND_DMA, 0>(a, h0, nh, mp, s, err);

@@ -125,6 +125,8 @@ struct Rows {
     float m_a, m_b, l_a, l_b;
 };
 
+__device__ __forceinline__ void online_softmax(float (&s)[32], Rows &rw, float scale_log2, float &al_a, float &al_b);
+
 /* Masks, then the online softmax of one 64 x 64 S tile in place (S becomes P, fp32). Masks: keys
  * after the row (block tiles reaching past the warpgroup's first row r0), the A-shape band
  * (sink, window), gathered slots past c_count. Accumulator element s[j*4 + e]: row (e < 2 ? row_a :
@@ -147,6 +149,12 @@ __device__ __forceinline__ void softmax_tile(float (&s)[32], Rows &rw, float sca
             }
         }
     }
+    online_softmax(s, rw, scale_log2, al_a, al_b);
+}
+
+/* The online softmax of a masked 64 x 64 S tile in place (S becomes P, fp32); al_a / al_b: the
+ * factors O must be scaled by. */
+__device__ __forceinline__ void online_softmax(float (&s)[32], Rows &rw, float scale_log2, float &al_a, float &al_b) {
     float mx_a = -INFINITY, mx_b = -INFINITY;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
@@ -597,6 +605,150 @@ hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
 #endif
 }
 
+/* DMA-style threshold masks (krn_dma.h) on hattn_pipe_kernel's loop: one warpgroup per 64-query row
+ * block (the CPU's tiles), walking only the key tiles eng_dma_tile_active accepts (a sink or window
+ * tile, or zmax[J] >= theta of the block's first row: theta is non-decreasing), found by a cursor
+ * one tile ahead of the copies; row i keeps key j <= i iff j < sink, i - j < window or
+ * z_j >= theta_i, with the tile's 64 z values copied into shared memory next to its K tile.
+ * count (may be null) += tiles run, kept (row < n, key) pairs, as krn_dma.cu's kernel counts. */
+struct hattn_dma {
+    const float *z, *theta, *zmax; /* head h at z + h n, theta + h n, zmax + h ceil(n / 64) */
+    int h0, sink, window;
+    unsigned long long *count;
+};
+
+template <int D, bool COUNT>
+__global__ void __launch_bounds__(128, 2)
+hattn_dma_kernel(krn_attn_args a, hattn_dma dm, float scale_log2) {
+#if HATTN_BODY
+    constexpr int NT = 128, CH = D / 8, TB = kBN * D * 2, QB = 64 * D * 2, RPT = kBN * CH / NT;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const uint32_t s0 = krn_smem_u32(smem_raw);
+    const uint32_t sQ = (s0 + 1023u) & ~1023u, sK = sQ + QB, sV = sK + 2 * TB, sZ = sV + 2 * TB; /* Z: [2][64] f32 */
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int n = a.n, n_rb = (n + 63) / 64;
+    const int mb = n_rb - 1 - (int)blockIdx.x; /* heaviest row blocks first */
+    const int h = dm.h0 + (int)blockIdx.y, hk = h / (a.H / a.Hkv);
+    const int m0 = mb * 64, r0 = m0, n_kt = (min(m0 + 64, n) - 1) / kBN + 1;
+    const __nv_bfloat16 *q = reinterpret_cast<const __nv_bfloat16 *>(a.q) + h * D;
+    const __nv_bfloat16 *k = reinterpret_cast<const __nv_bfloat16 *>(a.k) + hk * D;
+    const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
+    const float *zh = dm.z + (size_t)h * n, *thh = dm.theta + (size_t)h * n;
+    const float *zmh = dm.zmax + (size_t)h * n_rb;
+    const int row_a = r0 + warp * 16 + (lane >> 2), row_b = row_a + 8;
+    const float th0 = __ldg(thh + m0);
+    const float th_a = row_a < n ? __ldg(thh + row_a) : INFINITY, th_b = row_b < n ? __ldg(thh + row_b) : INFINITY;
+
+    /* The cursor: the activity of 32 tiles at a time as a bit mask (one tile per lane, a ballot),
+     * so that the walk waits on memory once per 32 tiles, not once per tile (a branch on each
+     * tile's zmax load ran the loop at half the dense kernel's speed). */
+    unsigned amask = 0;
+    int abase = -32;
+    auto resolve = [&]() {
+        TileR<RPT> r;
+        r.start = 0, r.count = 0, r.gather = 0;
+        while (!amask && abase + 32 < n_kt) {
+            abase += 32;
+            const int kt = abase + lane, j0 = kt * kBN, j1 = min(j0 + kBN, n) - 1;
+            const bool on = kt < n_kt && (j0 < dm.sink || m0 - j1 < dm.window || __ldg(zmh + kt) >= th0);
+            amask = __ballot_sync(0xffffffffu, on);
+        }
+        if (amask) {
+            r.start = (abase + __ffs(amask) - 1) * kBN, r.count = kBN;
+            amask &= amask - 1;
+        }
+        return r;
+    };
+    auto load_z = [&](int stage, int start) { /* the tile's 64 key scores (4-byte copies: z rows are unaligned) */
+        if (tid < kBN) {
+            const bool ok = start + tid < n;
+            krn_cp_async4(sZ + stage * 256 + tid * 4, zh + (ok ? start + tid : 0), ok ? 4 : 0);
+        }
+    };
+
+#pragma unroll
+    for (int c = tid; c < 64 * CH; c += NT) {
+        const int r = c / CH, ch = c % CH, row = m0 + r;
+        const bool ok = row < n;
+        krn_cp_async16(sQ + sw128(r, ch), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0), ok ? 16 : 0);
+    }
+    krn_cp_async_commit();
+    TileR<RPT> r_t = resolve(), r_n = resolve();
+    if (r_t.count > 0) {
+        load_half<D, NT, RPT, false>(sK, r_t, k, a.kv_stride, n, tid);
+        load_z(0, r_t.start);
+    }
+    krn_cp_async_commit();
+    uint32_t qf[D / 16][4];
+    krn_cp_async_wait<1>();
+    __syncthreads();
+    load_qf<D>(qf, sQ, warp, lane);
+    for (int i = tid; i < TB / 16; i += NT) /* V stage 1 is read with P = 0 by the first P V */
+        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sV + TB + i * 16), "r"(0u) : "memory");
+    float o[D / 2], s[32];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+    uint32_t pa[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
+    Rows rw = {-INFINITY, -INFINITY, 0.f, 0.f};
+    unsigned kept = 0;
+    /* Row i keeps key j when j <= i and (j < sink, or j > i - window, or z_j >= theta_i). */
+    const int lo_a = row_a - dm.window, lo_b = row_b - dm.window;
+    int t = 0;
+
+    for (; r_t.count > 0; t++) {
+        krn_cp_async_wait<0>(); /* K_t, its z and V_{t-1} (this thread's copies) */
+        fence_proxy_async();
+        __syncthreads();
+        const int c_start = r_t.start;
+        const uint32_t kt = sK + (t & 1) * TB, vt = sV + ((t - 1) & 1) * TB;
+        const uint32_t zt = sZ + (t & 1) * 256 + (lane & 3) * 8; /* this thread's column pairs */
+        if (r_n.count > 0) {
+            load_half<D, NT, RPT, false>(sK + ((t + 1) & 1) * TB, r_n, k, a.kv_stride, n, tid);
+            load_z((t + 1) & 1, r_n.start);
+        }
+        load_half<D, NT, RPT, false>(sV + (t & 1) * TB, r_t, v, a.kv_stride, n, tid);
+        krn_cp_async_commit();
+        r_t = r_n;
+        r_n = resolve();
+        issue_s_pv<D, true>(s, o, pa, qf, 0, kt, vt);
+        wait_s(s);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float z0, z1; /* keys c_start + j * 8 + (lane & 3) * 2 + {0, 1} */
+            asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(z0), "=f"(z1) : "r"(zt + j * 32));
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = c_start + j * 8 + (lane & 3) * 2 + (e & 1);
+                const int row = e < 2 ? row_a : row_b, lo = e < 2 ? lo_a : lo_b;
+                const bool keep = key <= row && (key < dm.sink || key > lo || (e & 1 ? z1 : z0) >= (e < 2 ? th_a : th_b));
+                if (!keep) s[j * 4 + e] = -INFINITY;
+                if (COUNT) kept += keep && row < n;
+            }
+        }
+        float al_a, al_b;
+        online_softmax(s, rw, scale_log2, al_a, al_b);
+        wgmma_wait<0>();
+        reg_fence(o);
+        rescale_pack<D>(o, pa, s, al_a, al_b);
+        reg_fence(o);
+    }
+    krn_cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    issue_pv<D>(o, pa, sV + ((t - 1) & 1) * TB);
+    store_rows<D>(o, rw, a, h, row_a, row_b, lane);
+    if (COUNT) {
+#pragma unroll
+        for (int off = 16; off; off >>= 1) kept += __shfl_xor_sync(0xffffffffu, kept, off);
+        if (lane == 0 && kept) atomicAdd(dm.count + 1, (unsigned long long)kept);
+        if (tid == 0 && t) atomicAdd(dm.count, (unsigned long long)t);
+    }
+#endif
+}
+
 /* For picking head pairs: per (head pair 2p, 2p + 1; row block), one warp counts the blocks both
  * lists name (binary search: lists are sorted ascending, eng_index.h), then per CTA
  * st[0] += 2 |B0 u B1| (warpgroup-tiles a head-pair CTA computes), st[1] += |B0| + |B1| (what
@@ -697,6 +849,29 @@ extern "C" int krn_hattn_dense(const krn_attn_args *a, int cfg, cudaStream_t s, 
     case 2: return d64 ? launch_pipe<64, 2, MODE_DENSE, false>(a, nullptr, s, err) : launch_pipe<128, 2, MODE_DENSE, false>(a, nullptr, s, err);
     default: return eng_err_set(err, "attention: unknown wgmma dense configuration %d", cfg);
     }
+}
+
+extern "C" int krn_hattn_dma(const krn_attn_args *a, int h0, int nh, const float *z, const float *theta,
+                             const float *zmax, int sink, int window, unsigned long long *count, cudaStream_t s,
+                             eng_err *err) {
+    if (!krn_hattn_available())
+        return eng_err_set(err, "dma attention: the wgmma kernels need an sm_90 card and a build for sm_90a");
+    const int n_rb = (a->n + 63) / 64;
+    if (n_rb == 0 || nh <= 0) return 0;
+    const hattn_dma dm = {z, theta, zmax, h0, sink, window, count};
+    const float sl = 1.4426950408889634f / sqrtf((float)a->d);
+    const dim3 grid(n_rb, nh);
+    const size_t smem = 1024 + (size_t)64 * a->d * 2 + (size_t)4 * kBN * a->d * 2 + 512;
+    auto go = [&](auto kern) {
+        cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e == cudaSuccess) {
+            kern<<<grid, 128, smem, s>>>(*a, dm, sl);
+            e = cudaGetLastError();
+        }
+        return e == cudaSuccess ? 0 : eng_err_set(err, "hattn_dma_kernel: %s", cudaGetErrorString(e));
+    };
+    if (a->d == 64) return count ? go(hattn_dma_kernel<64, true>) : go(hattn_dma_kernel<64, false>);
+    return count ? go(hattn_dma_kernel<128, true>) : go(hattn_dma_kernel<128, false>);
 }
 
 extern "C" int krn_hattn_sparse_auto(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t s, eng_err *err) {

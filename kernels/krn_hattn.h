@@ -31,6 +31,12 @@ int krn_hattn_sparse(const krn_attn_args *a, const krn_index_dev *ix, int cfg, c
  * synchronisation), else configuration 0. */
 int krn_hattn_sparse_auto(const krn_attn_args *a, const krn_index_dev *ix, cudaStream_t s, eng_err *err);
 
+/* DMA-style threshold attention (krn_dma.h's semantics, the masks krn_dma_build made: z, theta,
+ * zmax packed by n) for query heads [h0, h0 + nh), skipping inactive 64x64 tiles; count (device
+ * [2], may be NULL) += tiles run, kept (row, key) pairs. */
+int krn_hattn_dma(const krn_attn_args *a, int h0, int nh, const float *z, const float *theta, const float *zmax,
+                  int sink, int window, unsigned long long *count, cudaStream_t s, eng_err *err);
+
 #ifdef __cplusplus
 }
 #endif
