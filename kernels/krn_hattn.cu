@@ -307,6 +307,18 @@ __device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)
     reg_fence(o);
 }
 
+/* After the loop: the copies' last wait, the row block's last O += P V (V in shared memory at vt),
+ * then its rows stored. */
+template <int D>
+__device__ __forceinline__ void finish_rows(float (&o)[D / 2], const uint32_t (&pa)[4][4], uint32_t vt, const Rows &rw,
+                                            const krn_attn_args &a, int h, int row_a, int row_b, int lane) {
+    krn_cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    issue_pv<D>(o, pa, vt);
+    store_rows<D>(o, rw, a, h, row_a, row_b, lane);
+}
+
 /* A tile resolved ahead of use: its first key (block tiles) or its slot in the column list (gather
  * tiles), its key count, and for gather tiles the key indexes of the RPT rows this thread copies, so
  * that no index read sits between a barrier and the copies it feeds. */
@@ -456,11 +468,7 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     if (MODE == MODE_SPARSE && n_cols > 0) run(std::true_type{});
     else run(std::false_type{});
     /* The last P V (V_{T-1} was copied in the last iteration; P is zero when T = 0). */
-    krn_cp_async_wait<0>();
-    fence_proxy_async();
-    __syncthreads();
-    issue_pv<D>(o, pa, sV + ((n_tiles - 1) & 1) * TB);
-    store_rows<D>(o, rw, a, h, row_a, row_b, lane);
+    finish_rows<D>(o, pa, sV + ((n_tiles - 1) & 1) * TB, rw, a, h, row_a, row_b, lane);
 #endif
 }
 
@@ -597,11 +605,7 @@ hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     };
     if (n_gather > 0) run(std::true_type{});
     else run(std::false_type{});
-    krn_cp_async_wait<0>();
-    fence_proxy_async();
-    __syncthreads();
-    issue_pv<D>(o, pa, sV + ((t - 1) & 1) * TB);
-    store_rows<D>(o, rw, a, h, row_a, row_b, lane);
+    finish_rows<D>(o, pa, sV + ((t - 1) & 1) * TB, rw, a, h, row_a, row_b, lane);
 #endif
 }
 
@@ -735,11 +739,7 @@ hattn_dma_kernel(krn_attn_args a, hattn_dma dm, float scale_log2) {
         rescale_pack<D>(o, pa, s, al_a, al_b);
         reg_fence(o);
     }
-    krn_cp_async_wait<0>();
-    fence_proxy_async();
-    __syncthreads();
-    issue_pv<D>(o, pa, sV + ((t - 1) & 1) * TB);
-    store_rows<D>(o, rw, a, h, row_a, row_b, lane);
+    finish_rows<D>(o, pa, sV + ((t - 1) & 1) * TB, rw, a, h, row_a, row_b, lane);
     if (COUNT) {
 #pragma unroll
         for (int off = 16; off; off >>= 1) kept += __shfl_xor_sync(0xffffffffu, kept, off);
