@@ -125,33 +125,6 @@ struct Rows {
     float m_a, m_b, l_a, l_b;
 };
 
-__device__ __forceinline__ void online_softmax(float (&s)[32], Rows &rw, float scale_log2, float &al_a, float &al_b);
-
-/* Masks, then the online softmax of one 64 x 64 S tile in place (S becomes P, fp32). Masks: keys
- * after the row (block tiles reaching past the warpgroup's first row r0), the A-shape band
- * (sink, window), gathered slots past c_count. Accumulator element s[j*4 + e]: row (e < 2 ? row_a :
- * row_b), column j*8 + (lane & 3)*2 + (e & 1). al_a / al_b: the factors O must be scaled by. */
-__device__ __forceinline__ void softmax_tile(float (&s)[32], Rows &rw, float scale_log2, bool gather, int c_start,
-                                             int c_count, int r0, int row_a, int row_b, int sink, int window,
-                                             int lane, float &al_a, float &al_b) {
-    const bool band = !gather && window > 0 && r0 + 63 - c_start >= window && c_start + kBN - 1 >= sink;
-    const bool need_mask = gather ? c_count < kBN : (c_start + kBN - 1 > r0 || band);
-    if (need_mask) {
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int col = j * 8 + (lane & 3) * 2 + (e & 1), row = e < 2 ? row_a : row_b;
-                const int key = c_start + col;
-                const bool dead =
-                    gather ? col >= c_count : (key > row || (band && key >= sink && row - key >= window));
-                if (dead) s[j * 4 + e] = -INFINITY;
-            }
-        }
-    }
-    online_softmax(s, rw, scale_log2, al_a, al_b);
-}
-
 /* The online softmax of a masked 64 x 64 S tile in place (S becomes P, fp32); al_a / al_b: the
  * factors O must be scaled by. */
 __device__ __forceinline__ void online_softmax(float (&s)[32], Rows &rw, float scale_log2, float &al_a, float &al_b) {
@@ -187,6 +160,31 @@ __device__ __forceinline__ void online_softmax(float (&s)[32], Rows &rw, float s
     }
     rw.l_a = rw.l_a * al_a + sum_a;
     rw.l_b = rw.l_b * al_b + sum_b;
+}
+
+/* Masks, then the online softmax of one 64 x 64 S tile in place (S becomes P, fp32). Masks: keys
+ * after the row (block tiles reaching past the warpgroup's first row r0), the A-shape band
+ * (sink, window), gathered slots past c_count. Accumulator element s[j*4 + e]: row (e < 2 ? row_a :
+ * row_b), column j*8 + (lane & 3)*2 + (e & 1). al_a / al_b: the factors O must be scaled by. */
+__device__ __forceinline__ void softmax_tile(float (&s)[32], Rows &rw, float scale_log2, bool gather, int c_start,
+                                             int c_count, int r0, int row_a, int row_b, int sink, int window,
+                                             int lane, float &al_a, float &al_b) {
+    const bool band = !gather && window > 0 && r0 + 63 - c_start >= window && c_start + kBN - 1 >= sink;
+    const bool need_mask = gather ? c_count < kBN : (c_start + kBN - 1 > r0 || band);
+    if (need_mask) {
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int col = j * 8 + (lane & 3) * 2 + (e & 1), row = e < 2 ? row_a : row_b;
+                const int key = c_start + col;
+                const bool dead =
+                    gather ? col >= c_count : (key > row || (band && key >= sink && row - key >= window));
+                if (dead) s[j * 4 + e] = -INFINITY;
+            }
+        }
+    }
+    online_softmax(s, rw, scale_log2, al_a, al_b);
 }
 
 /* O *= alpha per row, then P (bf16 pairs) in the A-register layout, which is S's accumulator layout.
@@ -276,6 +274,28 @@ __device__ __forceinline__ void load_qf(uint32_t (&qf)[D / 16][4], uint32_t sq, 
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++)
         krn_ldmatrix_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sq + sw128(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+}
+
+/* Q rows [m0, m0 + rows) of one head (rows past n zero-filled) into swizzled [64][D] tiles at sQ,
+ * sQ + QB, ...; NT threads. */
+template <int D, int NT>
+__device__ __forceinline__ void copy_q(uint32_t sQ, const __nv_bfloat16 *q, int stride, int m0, int rows, int n,
+                                      int tid) {
+    constexpr int CH = D / 8, QB = 64 * D * 2;
+    for (int c = tid; c < rows * CH; c += NT) {
+        const int r = c / CH, ch = c % CH, row = m0 + r;
+        const bool ok = row < n;
+        krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), q + (ok ? (size_t)row * stride + ch * 8 : 0),
+                       ok ? 16 : 0);
+    }
+}
+
+/* V stage 1 zeroed: the first iteration's P V reads it with P = 0, and 0 * (stale bits) could be
+ * NaN. (Ordinary stores; the fence.proxy.async before the loop's first barrier publishes them.) */
+template <int D, int NT> __device__ __forceinline__ void zero_v1(uint32_t sV, int tid) {
+    constexpr int TB = kBN * D * 2;
+    for (int i = tid; i < TB / 16; i += NT)
+        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sV + TB + i * 16), "r"(0u) : "memory");
 }
 
 /* After issue_s_pv: the softmax of S (or P = 0 for a warpgroup with no row in the tile), the wait
@@ -416,14 +436,8 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
             return r;
         };
 
-        /* Q rows (past n zero-filled) and K_0 as the first copy group. */
-#pragma unroll
-        for (int c = tid; c < BM * CH; c += NT) {
-            const int r = c / CH, ch = c % CH, row = m0 + r;
-            const bool ok = row < n;
-            krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
-                           ok ? 16 : 0);
-        }
+        /* Q rows and K_0 as the first copy group. */
+        copy_q<D, NT>(sQ, q, a.q_stride, m0, BM, n, tid);
         krn_cp_async_commit();
         TileR<RPT> r_t = resolve(0), r_n = resolve(1); /* tile t (V copy now) and t + 1 (K copy now) */
         if (n_tiles > 0) load_half<D, NT, RPT, G>(sK, r_t, k, a.kv_stride, n, tid);
@@ -437,10 +451,7 @@ hattn_pipe_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
         for (int i = 0; i < D / 2; i++) o[i] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
-        /* The first iteration's P V reads V stage 1 with P = 0: zero it so that 0 * (stale bits) can't be NaN.
-         * (Ordinary stores; the fence.proxy.async before the loop's first barrier publishes them.) */
-        for (int i = tid; i < TB / 16; i += NT)
-            asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sV + TB + i * 16), "r"(0u) : "memory");
+        zero_v1<D, NT>(sV, tid);
 
         for (int t = 0; t < n_tiles; t++) {
             krn_cp_async_wait<0>(); /* K_t and V_{t-1} (this thread's copies) */
@@ -510,13 +521,11 @@ hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
     const __nv_bfloat16 *v = reinterpret_cast<const __nv_bfloat16 *>(a.v) + hk * D;
 
     /* Q first: its copy overlaps the index reads below. */
-#pragma unroll
-    for (int c = tid; c < 128 * CH; c += NT) {
-        const int r = c / CH, ch = c % CH, row = m0 + (HEADS ? r & 63 : r);
-        const bool ok = row < n;
-        const __nv_bfloat16 *qh = HEADS ? q + (r >> 6) * D : q;
-        krn_cp_async16(sQ + (r >> 6) * QB + sw128(r & 63, ch), qh + (ok ? (size_t)row * a.q_stride + ch * 8 : 0),
-                       ok ? 16 : 0);
+    if (HEADS) {
+        copy_q<D, NT>(sQ, q, a.q_stride, m0, 64, n, tid);
+        copy_q<D, NT>(sQ + QB, q + D, a.q_stride, m0, 64, n, tid);
+    } else {
+        copy_q<D, NT>(sQ, q, a.q_stride, m0, 128, n, tid);
     }
     krn_cp_async_commit();
 
@@ -578,8 +587,7 @@ hattn_union_kernel(krn_attn_args a, krn_index_dev ix, float scale_log2) {
         krn_cp_async_wait<1>();
         __syncthreads();
         load_qf<D>(qf, sQ + wg * QB, warp, lane);
-        for (int i = tid; i < TB / 16; i += NT) /* V stage 1 is read with P = 0 by the first P V */
-            asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sV + TB + i * 16), "r"(0u) : "memory");
+        zero_v1<D, NT>(sV, tid);
 #pragma unroll
         for (int i = 0; i < D / 2; i++) o[i] = 0.f;
 #pragma unroll
@@ -671,12 +679,7 @@ hattn_dma_kernel(krn_attn_args a, hattn_dma dm, float scale_log2) {
         }
     };
 
-#pragma unroll
-    for (int c = tid; c < 64 * CH; c += NT) {
-        const int r = c / CH, ch = c % CH, row = m0 + r;
-        const bool ok = row < n;
-        krn_cp_async16(sQ + sw128(r, ch), q + (ok ? (size_t)row * a.q_stride + ch * 8 : 0), ok ? 16 : 0);
-    }
+    copy_q<D, NT>(sQ, q, a.q_stride, m0, 64, n, tid);
     krn_cp_async_commit();
     TileR<RPT> r_t = resolve(), r_n = resolve();
     if (r_t.count > 0) {
@@ -688,8 +691,7 @@ hattn_dma_kernel(krn_attn_args a, hattn_dma dm, float scale_log2) {
     krn_cp_async_wait<1>();
     __syncthreads();
     load_qf<D>(qf, sQ, warp, lane);
-    for (int i = tid; i < TB / 16; i += NT) /* V stage 1 is read with P = 0 by the first P V */
-        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sV + TB + i * 16), "r"(0u) : "memory");
+    zero_v1<D, NT>(sV, tid);
     float o[D / 2], s[32];
 #pragma unroll
     for (int i = 0; i < D / 2; i++) o[i] = 0.f;

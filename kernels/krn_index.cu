@@ -489,9 +489,18 @@ int ws_reserve(krn_index_ws *ws, size_t bytes, eng_err *err) {
 
 size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
-/* Bytes the block-sparse scores of one chunk of heads may take: the vertical-slash estimate's
- * scratch (H x 64 x n floats), which the memory estimates already hold, or one head's triangle. */
-size_t bs_score_budget(int H, int n) { return (size_t)H * 64 * (size_t)n * sizeof(float); }
+/* Block-sparse scores: bytes of one head's triangle, and how many of nh heads one chunk holds
+ * within the vertical-slash estimate's scratch (H x 64 x n floats, which the memory estimates
+ * already hold), at least one. */
+size_t bs_head_bytes(int n) {
+    const size_t n_rb = ((size_t)n + B64 - 1) / B64;
+    return n_rb * (n_rb - 1) / 2 * sizeof(double);
+}
+size_t bs_chunk_heads(int H, int n, int nh) {
+    const size_t per_head = bs_head_bytes(n), budget = (size_t)H * 64 * (size_t)n * sizeof(float);
+    size_t hcs = per_head ? budget / per_head : (size_t)nh;
+    return hcs < 1 ? 1 : hcs > (size_t)nh ? (size_t)nh : hcs;
+}
 
 void vs_budgets(const eng_pattern *p, int n, int *kv, int *ks) {
     *kv = p->vertical > VS_MIN_V ? p->vertical : VS_MIN_V;
@@ -503,11 +512,9 @@ void vs_budgets(const eng_pattern *p, int n, int *kv, int *ks) {
 } /* namespace */
 
 extern "C" size_t krn_index_bs_ws_bytes(int n, int H, int Hkv, int d) {
-    const size_t n_rb = ((size_t)n + B64 - 1) / B64, per_head = n_rb * (n_rb - 1) / 2 * sizeof(double);
-    size_t hcs = per_head ? bs_score_budget(H, n) / per_head : (size_t)H;
-    hcs = hcs < 1 ? 1 : hcs > (size_t)H ? (size_t)H : hcs;
+    const size_t n_rb = ((size_t)n + B64 - 1) / B64;
     return align256((size_t)H * n_rb * d * sizeof(float)) + align256((size_t)Hkv * n_rb * d * sizeof(float)) +
-           hcs * per_head + 8;
+           bs_chunk_heads(H, n, H) * bs_head_bytes(n) + 8;
 }
 
 extern "C" int krn_index_count_add(const krn_index_dev *ix, int H, unsigned long long *total, cudaStream_t st,
@@ -521,11 +528,9 @@ extern "C" int krn_index_count_add(const krn_index_dev *ix, int H, unsigned long
 
 extern "C" int krn_index_count(const krn_index_dev *ix, int H, long long *pairs, cudaStream_t st, eng_err *err) {
     unsigned long long *d = nullptr, h = 0;
-    const int rows = H * ix->n_rb;
     CUDA_TRY(cudaMalloc((void **)&d, sizeof *d));
     CUDA_TRY(cudaMemsetAsync(d, 0, sizeof *d, st));
-    count_rows<<<(rows + 127) / 128, 128, 0, st>>>(H, *ix, d);
-    LAUNCH_TRY("count_rows");
+    if (krn_index_count_add(ix, H, d, st, err)) goto fail;
     CUDA_TRY(cudaMemcpyAsync(&h, d, sizeof h, cudaMemcpyDeviceToHost, st));
     CUDA_TRY(cudaStreamSynchronize(st));
     cudaFree(d);
@@ -606,9 +611,7 @@ extern "C" int krn_index_build(const eng_pattern *p, const krn_attn_args *a, int
         size_t qb = align256((size_t)nh * n_rb * d * sizeof(float));
         size_t kb = align256((size_t)a->Hkv * n_rb * d * sizeof(float));
         /* The scores of hcs heads at a time in global memory (triangular rows). */
-        const size_t tri = (size_t)n_rb * (n_rb - 1) / 2, per_head = tri * sizeof(double);
-        size_t hcs = per_head ? bs_score_budget(a->H, n) / per_head : (size_t)nh;
-        hcs = hcs < 1 ? 1 : hcs > (size_t)nh ? (size_t)nh : hcs;
+        const size_t per_head = bs_head_bytes(n), hcs = bs_chunk_heads(a->H, n, nh);
         if (ws_reserve(ws, qb + kb + hcs * per_head + 8, err)) return -1;
         float *qp = (float *)ws->buf, *kp = (float *)((char *)ws->buf + qb);
         bs_pool<<<dim3(n_rb, nh), 128, 0, st>>>((const __nv_bfloat16 *)a->q, a->q_stride, h0, d, n, qp, 0);
